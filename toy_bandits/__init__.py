@@ -1,0 +1,18 @@
+"""Multi-modal bandits where every regularized target is exact (DESIGN.md §1, MARA notes §3).
+
+Core API (numpy only): ``optimal_policy`` (targets.py), ``mara_rewards`` / ``mara_target`` /
+``crossover_beta`` (mara.py), ``pass_at_k`` / ``coverage`` / ``entropy`` (metrics.py), ``Bandit``
+and its presets (envs.py), and ``DIVERGENCES`` (divergences.py).
+"""
+
+from .divergences import DIVERGENCES
+from .envs import PRESETS, Bandit, biased_modes, fig3, fig4, fig5, rlvr_like
+from .mara import crossover_beta, mara_rewards, mara_target
+from .metrics import coverage, entropy, pass_at_k
+from .targets import optimal_policy
+
+__all__ = [
+    "DIVERGENCES", "PRESETS", "Bandit", "biased_modes", "fig3", "fig4", "fig5", "rlvr_like",
+    "crossover_beta", "mara_rewards", "mara_target", "coverage", "entropy", "pass_at_k",
+    "optimal_policy",
+]

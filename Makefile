@@ -1,0 +1,41 @@
+# dphrl-mini: `make demo` runs the main job on CPU, `make test` runs every test and notebook.
+# Both create the virtual environment first (.venv) if it is missing or pyproject.toml changed.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# Small notebook settings for the test run; unset (or DPHRL_SMALL=0) for full settings.
+NB_TIMEOUT ?= 900
+
+.PHONY: setup demo test unit notebooks lab bench clean
+
+setup: $(VENV)/.installed
+
+# torch: take 2.13.0 when the machine offers it (a local CPU wheel), else whatever pip resolves.
+# The project's own requirement stays loose (torch>=2.1) so Colab's preinstalled torch is kept.
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "torch==2.13.0" || $(PY) -m pip install -q torch
+	$(PY) -m pip install -q -e ".[dev,data,bench]"
+	touch $@
+
+demo: setup
+	$(VENV)/bin/dphrl-mini demo
+
+unit: setup
+	$(PY) -m pytest -q -p no:cacheprovider tests
+
+notebooks: setup
+	DPHRL_SMALL=$${DPHRL_SMALL:-1} MPLBACKEND=Agg $(PY) -m pytest -q -p no:cacheprovider --nbmake --nbmake-timeout=$(NB_TIMEOUT) notebooks
+
+test: unit notebooks
+
+lab: setup
+	$(PY) -m pip install -q -e ".[lab]"
+	$(VENV)/bin/jupyter lab notebooks
+
+bench: setup
+	$(PY) benchmarks/bench_optimal_policy.py
+	$(PY) benchmarks/bench_trl.py --device cpu
+
+clean:
+	rm -rf $(VENV) runs outputs .pytest_cache

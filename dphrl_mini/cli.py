@@ -1,0 +1,168 @@
+"""Command line: ``dphrl-mini presample | train | eval | compare | demo``.
+
+Every ``TrainConfig`` field is an option (``--method dph_js --eta 0.5``); ``--preset`` and
+``--config file.yaml`` set a starting point that options then override.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+import typing
+from pathlib import Path
+from typing import Any
+
+from .config import METHODS, PRESETS, TrainConfig, preset_config
+
+
+def _add_config_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML file with TrainConfig fields (and optionally `preset`)")
+    parser.add_argument("--preset", choices=sorted(PRESETS), help="named starting point")
+    hints = typing.get_type_hints(TrainConfig)
+    for f in dataclasses.fields(TrainConfig):
+        flag, hint = "--" + f.name.replace("_", "-"), str(hints[f.name])
+        if hints[f.name] is bool:
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None)
+        elif "list" in hint:
+            parser.add_argument(flag, dest=f.name, nargs="+", default=None,
+                                type=int if "int" in hint.split("list")[1] else str)
+        else:
+            base = int if "int" in hint and "float" not in hint else float if "float" in hint else str
+            parser.add_argument(flag, dest=f.name, default=None,
+                                type=(lambda text, base=base: None if text.lower() == "none" else base(text)))
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+                 if getattr(args, f.name, None) is not None}
+    if args.config:
+        base = TrainConfig.from_yaml(args.config)
+        return dataclasses.replace(base, **overrides).validate()
+    return preset_config(args.preset, **overrides).validate()
+
+
+def cmd_presample(args) -> None:
+    from .trainer import Trainer
+
+    cfg = config_from_args(args)
+    trainer = Trainer(cfg)
+    Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
+    trainer.prepare_data()
+    if trainer.presampled is None:
+        cfg = dataclasses.replace(cfg, train_on="exploration")
+        trainer = Trainer(cfg)
+        trainer.prepare_data()
+    print(json.dumps(trainer.presampled.summary(), indent=1))
+
+
+def cmd_train(args) -> None:
+    from .experiments import run
+
+    cfg = config_from_args(args)
+    result = run(cfg, splits=args.splits)
+    for split, res in result["eval"].items():
+        print(split, json.dumps(res.summary(cfg.eval_ks), indent=1))
+
+
+def cmd_eval(args) -> None:
+    from .experiments import evaluate_base, save_eval
+    from .trainer import Trainer
+
+    cfg = config_from_args(args)
+    if args.base:
+        results = evaluate_base(cfg, args.splits)
+    else:
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        trainer = Trainer(cfg)
+        adapter = Path(args.adapter or Path(cfg.output_dir) / "adapter") / "adapter_model.safetensors"
+        if not adapter.exists():
+            sys.exit(f"no adapter at {adapter}: train first, or pass --adapter DIR or --base")
+        set_peft_model_state_dict(trainer.policy, load_file(adapter))
+        results = {s: trainer.evaluate(s) for s in args.splits if trainer.eval_rows(s)}
+        for s, r in results.items():
+            save_eval(r, Path(cfg.output_dir) / f"eval_{s}.json")
+    for split, res in results.items():
+        print(split, json.dumps(res.summary(cfg.eval_ks), indent=1))
+
+
+def cmd_compare(args) -> None:
+    from .experiments import compare, format_table
+
+    cfg = config_from_args(args)
+    variants: dict[str, dict[str, Any]] = {}
+    for spec in args.variants:
+        name, _, rest = spec.partition(":")
+        overrides: dict[str, Any] = {"method": name.split("+")[0]}
+        if "+mara" in name:
+            overrides["mara"] = True
+        for item in filter(None, rest.split(",")):
+            key, _, value = item.partition("=")
+            overrides[key] = _parse_value(value)
+        variants[spec.replace(":", "_").replace(",", "_").replace("=", "")] = overrides
+    rows = compare(cfg, variants, seeds=args.seeds, out_dir=args.out, splits=args.splits)
+    for split in args.splits:
+        print(f"\n{split}:\n" + format_table(rows, split))
+
+
+def _parse_value(text: str) -> Any:
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False, "none": None}.get(text.lower(), text)
+
+
+def cmd_demo(args) -> None:
+    from .demo import run_demo
+
+    run_demo(out_dir=args.out, quick=args.quick, steps=args.steps)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dphrl-mini", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, func, helptext in [
+        ("presample", cmd_presample, "sample the initial policy k times per prompt; write the split and reference store"),
+        ("train", cmd_train, "train one method and evaluate it"),
+        ("eval", cmd_eval, "evaluate a trained adapter (or --base) with Pass@k and diversity"),
+        ("compare", cmd_compare, "train several methods over seeds on the same data; write results tables"),
+    ]:
+        p = sub.add_parser(name, help=helptext)
+        _add_config_options(p)
+        p.add_argument("--splits", nargs="+", default=["test", "ood"])
+        p.set_defaults(func=func)
+        if name == "eval":
+            p.add_argument("--base", action="store_true", help="evaluate the base model (adapters off)")
+            p.add_argument("--adapter", help="adapter folder (default: OUTPUT_DIR/adapter)")
+        if name == "compare":
+            p.add_argument("--variants", nargs="+", default=["grpo", "dph_js"],
+                           help=f"methods ({', '.join(METHODS)}), optionally NAME+mara and "
+                                "NAME:field=value,field=value overrides, e.g. dph_js:eta=2")
+            p.add_argument("--seeds", nargs="+", type=int, default=[0])
+            p.add_argument("--out", default="results/compare")
+    p = sub.add_parser("demo", help="the main job on CPU: exact bandit targets, then GRPO vs DPH-JS on the tiny model")
+    p.add_argument("--out", default="outputs/demo")
+    p.add_argument("--quick", action="store_true", help="a one-minute smoke version")
+    p.add_argument("--steps", type=int, default=None, help="RL steps per method (default 60, quick 4)")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    start = time.perf_counter()
+    try:
+        args.func(args)
+    except ValueError as error:  # configuration and input errors: one clear line, no traceback
+        sys.exit(f"error: {error}")
+    print(f"[{args.command} finished in {time.perf_counter() - start:.0f} s]", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

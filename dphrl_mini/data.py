@@ -1,0 +1,194 @@
+"""DPH-RL's hybrid data: pre-sampling, the exploration / near-perfect split, the reference store.
+
+DESIGN.md §1, "DPH-RL as released", step 1: every training prompt is sampled ``k`` times from the
+initial policy. Prompts whose pass rate reaches ``threshold`` form the near-perfect set D_pef; the
+rest form the exploration set D_exp. For each D_pef prompt we keep correct reference responses
+with their **per-token pi_ref log-probs**, stored on disk, so DPH training needs no online
+reference model.
+
+Departures from the released code:
+1. The released code keeps one correct response per D_pef prompt; ``keep="all_distinct"`` keeps
+   one per distinct correct solution (``task.solution_key``), which rehearses every mode.
+2. The reference responses are taken from the same k pre-samples instead of a second sampling pass.
+3. The store carries a fingerprint of model and tokenizer; loading it against another model is an
+   error, not silent garbage.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .checkpoint import atomic_write, sha256_file
+from .rewards import score_completions
+from .rollout import generate, sequence_logps
+
+
+def reward_columns(rows: list[dict], repeat: int = 1) -> dict[str, list]:
+    """Task columns (everything but id/prompt) as lists aligned with ``repeat`` completions per row."""
+    keys = [k for k in rows[0] if k not in ("id", "prompt")] if rows else []
+    return {k: [row[k] for row in rows for _ in range(repeat)] for k in keys}
+
+
+@dataclass
+class ReferenceStore:
+    """Stored reference responses (token ids) with their per-token pi_ref log-probs."""
+
+    prompt_ids: list[list[int]]
+    completion_ids: list[list[int]]
+    reference_logps: list[list[float]]
+    row_ids: list[str]
+    fingerprint: str
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.completion_ids)
+
+    def batch(self, indices: list[int], pad_token_id: int, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+        """Left-padded prompts and right-padded completions as tensors (the Rollout layout)."""
+        P = max(len(self.prompt_ids[i]) for i in indices)
+        T = max(len(self.completion_ids[i]) for i in indices)
+        B = len(indices)
+        prompt_ids = torch.full((B, P), pad_token_id, dtype=torch.long)  # (B, P)
+        prompt_mask = torch.zeros(B, P, dtype=torch.long)
+        completion_ids = torch.full((B, T), pad_token_id, dtype=torch.long)  # (B, T)
+        completion_mask = torch.zeros(B, T)
+        reference_logps = torch.zeros(B, T)
+        for row, i in enumerate(indices):
+            p, c = self.prompt_ids[i], self.completion_ids[i]
+            prompt_ids[row, P - len(p):] = torch.tensor(p)
+            prompt_mask[row, P - len(p):] = 1
+            completion_ids[row, : len(c)] = torch.tensor(c)
+            completion_mask[row, : len(c)] = 1
+            reference_logps[row, : len(c)] = torch.tensor(self.reference_logps[i])
+        out = dict(prompt_ids=prompt_ids, prompt_mask=prompt_mask, completion_ids=completion_ids,
+                   completion_mask=completion_mask, reference_logps=reference_logps)
+        return {k: v.to(device) for k, v in out.items()}
+
+    def save(self, path: str | Path) -> Path:
+        """Atomic save plus a ``.sha256`` sidecar; see ``load``."""
+        path = Path(path)
+        atomic_write(path, lambda tmp: torch.save(self.__dict__, tmp))
+        atomic_write(path.with_suffix(path.suffix + ".sha256"), lambda tmp: tmp.write_text(sha256_file(path)))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, expected_fingerprint: str | None = None) -> "ReferenceStore":
+        path = Path(path)
+        sidecar = path.with_suffix(path.suffix + ".sha256")
+        if sidecar.exists() and sidecar.read_text().strip() != sha256_file(path):
+            raise ValueError(f"reference store {path} is corrupt (checksum mismatch); re-run presample")
+        store = cls(**torch.load(path, weights_only=False))
+        if expected_fingerprint is not None and store.fingerprint != expected_fingerprint:
+            raise ValueError(
+                f"reference store {path} was made with another model or tokenizer "
+                f"(fingerprint {store.fingerprint} != {expected_fingerprint}); its log-probs would be "
+                "garbage for this model. Re-run `dphrl-mini presample` with the current model.")
+        return store
+
+
+@dataclass
+class PresampleResult:
+    pass_rates: dict[str, float]
+    exploration: list[dict]
+    near_perfect: list[dict]
+    store: ReferenceStore
+    k: int
+    threshold: float
+
+    def summary(self) -> dict[str, Any]:
+        rates = list(self.pass_rates.values())
+        return {"prompts": len(rates), "k": self.k, "threshold": self.threshold,
+                "exploration": len(self.exploration), "near_perfect": len(self.near_perfect),
+                "reference_samples": len(self.store),
+                "mean_pass_rate": sum(rates) / max(len(rates), 1)}
+
+    def save(self, folder: str | Path) -> None:
+        folder = Path(folder)
+        self.store.save(folder / "reference_store.pt")
+        split = {"pass_rates": self.pass_rates, "k": self.k, "threshold": self.threshold,
+                 "exploration": [r["id"] for r in self.exploration],
+                 "near_perfect": [r["id"] for r in self.near_perfect]}
+        atomic_write(folder / "presample.json", lambda tmp: tmp.write_text(json.dumps(split)))
+
+    @classmethod
+    def load(cls, folder: str | Path, rows: list[dict], expected_fingerprint: str | None = None) -> "PresampleResult":
+        folder = Path(folder)
+        split = json.loads((folder / "presample.json").read_text())
+        by_id = {r["id"]: r for r in rows}
+        missing = [i for i in split["exploration"] + split["near_perfect"] if i not in by_id]
+        if missing:
+            raise ValueError(f"presample in {folder} names {len(missing)} prompts that are not in the "
+                             "training rows (different task, size or seed?); re-run presample")
+        return cls(split["pass_rates"], [by_id[i] for i in split["exploration"]],
+                   [by_id[i] for i in split["near_perfect"]],
+                   ReferenceStore.load(folder / "reference_store.pt", expected_fingerprint),
+                   split["k"], split["threshold"])
+
+
+def presample(model, tokenizer, rows: list[dict], task, *, k: int = 8, threshold: float = 1.0,
+              keep: str = "one", fingerprint: str = "", max_new_tokens: int = 32,
+              temperature: float = 1.0, top_p: float = 1.0, batch_size: int = 512, seed: int = 0,
+              prompts: list[str] | None = None, progress: bool = True) -> PresampleResult:
+    """Sample ``k`` completions per row from the (initial) ``model`` and split the rows.
+
+    ``prompts`` overrides the text fed to the model (e.g. chat-templated); defaults to row["prompt"].
+    Reference log-probs are recomputed with a full forward pass (``sequence_logps``) so that they
+    match what the trainer computes for the policy at the same tokens.
+    """
+    if keep not in ("one", "all_distinct"):
+        raise ValueError(f"keep={keep!r}: use 'one' or 'all_distinct'")
+    prompts = prompts or [r["prompt"] for r in rows]
+    generator = torch.Generator(device=model.device).manual_seed(seed)
+    rollout = generate(model, tokenizer, prompts, num_generations=k, max_new_tokens=max_new_tokens,
+                       temperature=temperature, top_p=top_p, batch_size=batch_size,
+                       generator=generator, progress=progress)
+    rewards, _ = score_completions([task.reward], [p for p in prompts for _ in range(k)],
+                                   rollout.completions, reward_columns(rows, k))
+    rng = random.Random(seed)
+    pass_rates, exploration, near_perfect, chosen = {}, [], [], []
+    for i, row in enumerate(rows):
+        group = range(i * k, (i + 1) * k)
+        correct = [j for j in group if rewards[j] >= 1.0 and not bool(rollout.truncated[j])]
+        pass_rates[row["id"]] = len(correct) / k
+        if len(correct) / k >= threshold and correct:
+            near_perfect.append(row)
+            rng.shuffle(correct)
+            if keep == "one":
+                chosen.append(correct[0])
+            else:
+                seen: set = set()
+                for j in correct:
+                    key = task.solution_key(rollout.completions[j])
+                    if key not in seen:
+                        seen.add(key)
+                        chosen.append(j)
+        else:
+            exploration.append(row)
+    store = _store_from_rollout(model, rollout, chosen, [rows[j // k]["id"] for j in chosen],
+                                fingerprint, temperature, batch_size)
+    store.meta.update(k=k, threshold=threshold, keep=keep, temperature=temperature)
+    return PresampleResult(pass_rates, exploration, near_perfect, store, k, threshold)
+
+
+@torch.no_grad()
+def _store_from_rollout(model, rollout, chosen: list[int], row_ids: list[str], fingerprint: str,
+                        temperature: float, batch_size: int) -> ReferenceStore:
+    prompt_ids, completion_ids, reference_logps = [], [], []
+    for start in range(0, len(chosen), batch_size):
+        idx = torch.tensor(chosen[start:start + batch_size], dtype=torch.long)
+        logps = sequence_logps(model, rollout.prompt_ids[idx], rollout.prompt_mask[idx],
+                               rollout.completion_ids[idx], rollout.completion_mask[idx],
+                               temperature=temperature)  # (b, T)
+        for row, j in enumerate(idx.tolist()):
+            pmask = rollout.prompt_mask[j].bool()
+            n = int(rollout.completion_mask[j].sum())
+            prompt_ids.append(rollout.prompt_ids[j][pmask].tolist())
+            completion_ids.append(rollout.completion_ids[j, :n].tolist())
+            reference_logps.append(logps[row, :n].float().cpu().tolist())
+    return ReferenceStore(prompt_ids, completion_ids, reference_logps, row_ids, fingerprint)

@@ -1,0 +1,150 @@
+"""Experiments: train several methods on the same data and seeds, evaluate, tabulate.
+
+``run`` trains one config and evaluates it; ``evaluate_base`` scores the untrained model;
+``compare`` does both over methods x seeds and writes ``results.csv`` (one row per method, seed and
+split) and ``summary.csv`` (mean ± std over seeds) — the files behind the README's table.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from .checkpoint import atomic_write_text
+from .config import TrainConfig
+from .evaluate import EvalResult, kept_lost
+from .trainer import Trainer
+
+HEADLINE = ("greedy", "pass@1", "pass@8", "pass@64", "distinct_correct")
+
+
+def save_eval(result: EvalResult, path: str | Path) -> None:
+    data = {k: sorted(v) if isinstance(v, set) else v for k, v in vars(result).items()}
+    data["distinct_keys"] = [sorted(map(str, s)) for s in data.get("distinct_keys", [])]
+    atomic_write_text(path, json.dumps(data, default=lambda o: sorted(o) if isinstance(o, set) else str(o)))
+
+
+def load_eval(path: str | Path) -> EvalResult:
+    data = json.loads(Path(path).read_text())
+    if "distinct_keys" in data:
+        data["distinct_keys"] = [set(s) for s in data["distinct_keys"]]
+    names = {f.name for f in dataclasses.fields(EvalResult)}
+    return EvalResult(**{k: v for k, v in data.items() if k in names})
+
+
+def evaluate_base(config: TrainConfig, splits: Iterable[str] = ("test", "ood")) -> dict[str, EvalResult]:
+    """The base model's results (fresh LoRA adapters are zero at init, so this is pi_ref)."""
+    trainer = Trainer(config)
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    results = {}
+    for split in splits:
+        if trainer.eval_rows(split):
+            results[split] = trainer.evaluate(split, base=True)
+            save_eval(results[split], out / f"eval_{split}.json")
+    return results
+
+
+def run(config: TrainConfig, splits: Iterable[str] = ("test", "ood"), callbacks=()) -> dict[str, Any]:
+    """Train ``config`` (resuming if its output_dir has a checkpoint) and evaluate every split."""
+    trainer = Trainer(config, callbacks=list(callbacks))
+    history = trainer.train()
+    results = {}
+    for split in splits:
+        if trainer.eval_rows(split):
+            results[split] = trainer.evaluate(split)
+            save_eval(results[split], Path(config.output_dir) / f"eval_{split}.json")
+    presampled = trainer.presampled.summary() if trainer.presampled else None
+    return {"history": history, "eval": results, "presample": presampled, "trainer": trainer}
+
+
+def summary_row(name: str, seed: int, split: str, result: EvalResult, base: EvalResult | None,
+                ks: Iterable[int]) -> dict[str, Any]:
+    summary = result.summary(list(ks))
+    row = {"method": name, "seed": seed, "split": split,
+           **{k: summary[k] for k in summary if k == "greedy" or k.startswith("pass@") or k == "distinct_correct"}}
+    if base is not None:
+        row["kept_frac"] = kept_lost(base, result)["kept_frac"]
+    return row
+
+
+def compare(base_config: TrainConfig, variants: dict[str, dict[str, Any]], seeds: Iterable[int] = (0,),
+            out_dir: str | Path = "results/compare", splits: Iterable[str] = ("test", "ood"),
+            reuse: bool = True) -> list[dict[str, Any]]:
+    """Train every variant (config overrides) for every seed on the same data; write the tables.
+
+    With ``reuse``, a variant whose ``eval_{split}.json`` files already exist is not re-run, so an
+    interrupted sweep continues where it stopped.
+    """
+    out_dir, splits, ks = Path(out_dir), list(splits), base_config.eval_ks
+    rows: list[dict[str, Any]] = []
+    for seed in seeds:
+        base_dir = out_dir / "base" / f"seed{seed}"
+        base_cfg = dataclasses.replace(base_config, seed=seed, output_dir=str(base_dir))
+        if reuse and all((base_dir / f"eval_{s}.json").exists() for s in splits):
+            base = {s: load_eval(base_dir / f"eval_{s}.json") for s in splits}
+        else:
+            base = evaluate_base(base_cfg, splits)
+        rows += [summary_row("base", seed, s, r, r, ks) for s, r in base.items()]
+        for name, overrides in variants.items():
+            run_dir = out_dir / name / f"seed{seed}"
+            cfg = dataclasses.replace(base_config, **overrides, seed=seed, output_dir=str(run_dir))
+            if reuse and all((run_dir / f"eval_{s}.json").exists() for s in base):
+                results = {s: load_eval(run_dir / f"eval_{s}.json") for s in base}
+            else:
+                results = run(cfg, splits=list(base))["eval"]
+            rows += [summary_row(name, seed, s, r, base.get(s), ks) for s, r in results.items()]
+        write_tables(rows, out_dir)
+    return rows
+
+
+def aggregate_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean and std over seeds for each (method, split)."""
+    keys = [k for k in rows[0] if k not in ("method", "seed", "split")] if rows else []
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["method"], row["split"]), []).append(row)
+    table = []
+    for (method, split), group in groups.items():
+        entry: dict[str, Any] = {"method": method, "split": split, "seeds": len(group)}
+        for k in keys:
+            values = np.array([g[k] for g in group if k in g], dtype=float)
+            entry[k] = float(values.mean()) if len(values) else float("nan")
+            entry[f"{k}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+        table.append(entry)
+    return table
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    fields = list(dict.fromkeys(k for row in rows for k in row))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def write_tables(rows: list[dict[str, Any]], out_dir: str | Path) -> None:
+    out_dir = Path(out_dir)
+    _write_csv(out_dir / "results.csv", rows)
+    _write_csv(out_dir / "summary.csv", aggregate_rows(rows))
+
+
+def format_table(rows: list[dict[str, Any]], split: str = "test", columns: Iterable[str] = HEADLINE) -> str:
+    """A Markdown table (mean ± std over seeds) of the aggregated rows for one split."""
+    table = [r for r in (aggregate_rows(rows) if rows and "seed" in rows[0] else rows) if r["split"] == split]
+    columns = [c for c in columns if table and c in table[0]] + (["kept_frac"] if table and "kept_frac" in table[0] else [])
+    lines = ["| method | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for r in table:
+        cells = []
+        for c in columns:
+            scale = 1 if c == "distinct_correct" else 100
+            std = r.get(f"{c}_std", 0.0)
+            cells.append(f"{scale * r[c]:.1f}" + (f" ± {scale * std:.1f}" if r.get("seeds", 1) > 1 else ""))
+        lines.append(f"| {r['method']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,182 @@
+"""Load a policy: base causal LM (optionally 4/8-bit) + LoRA adapters, and its online reference.
+
+Behaviour of ``load_policy`` (DESIGN.md §2-3):
+
+1. ``"tiny"`` / ``"dphrl-mini/tiny"`` is the project's own character-level model
+   (``tiny.tiny_model_path()``); anything else is a Hugging Face id or local path loaded with
+   ``AutoModelForCausalLM`` / ``AutoTokenizer``.
+2. ``dtype="auto"`` is bfloat16 on CUDA and float32 on CPU; ``device="auto"`` is CUDA when present.
+3. ``quantization="4bit"`` is QLoRA's NF4 with double quantization (compute dtype = ``dtype``);
+   ``"8bit"`` is LLM.int8. Both go through ``peft.prepare_model_for_kbit_training``. bitsandbytes
+   >= 0.46 also runs 4-bit on CPU, which the tests use with the tiny model.
+4. LoRA (``peft.LoraConfig``, task ``CAUSAL_LM``) on ``"all-linear"`` by default; explicitly named
+   target modules must exist, else a ``ValueError`` lists the linear modules there are.
+   ``adapter_path`` resumes a saved adapter (trainable).
+5. Gradient checkpointing is the non-reentrant kind; input embeddings require grad so that it
+   also works when the base is frozen.
+6. The tokenizer pads on the left (generation); a missing pad token becomes the EOS token.
+
+The reference policy of the KL / divergence terms is the *same* model with the adapters switched
+off (``reference_mode``), never a second copy. ``model_fingerprint`` identifies the base model so
+that stored reference log-probs are never reused with another one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+
+TINY_NAMES = ("tiny", "dphrl-mini/tiny")
+_DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16,
+           "fp16": torch.float16, "float32": torch.float32, "fp32": torch.float32}
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """``"tiny"`` -> the built-in checkpoint directory; any other name is returned unchanged."""
+    if name_or_path in TINY_NAMES:
+        from .tiny import tiny_model_path
+
+        return str(tiny_model_path())
+    return str(name_or_path)
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    return torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                        "cpu" if device == "auto" else device)
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
+    """``"auto"``: bfloat16 on CUDA, float32 elsewhere (CPU bf16 matmuls are slow and lossy)."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype={dtype!r}: use 'auto', 'bfloat16', 'float16' or 'float32'")
+    return _DTYPES[dtype]
+
+
+def quantization_config(quantization: str | None, compute_dtype: torch.dtype):
+    """``BitsAndBytesConfig`` for ``"4bit"`` (NF4, double quant) or ``"8bit"``; ``None`` for none."""
+    if quantization is None:
+        return None
+    if quantization not in ("4bit", "8bit"):
+        raise ValueError(f"quantization={quantization!r}: use None, '4bit' or '8bit'")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ImportError(f"quantization={quantization!r} needs bitsandbytes: `pip install bitsandbytes`, "
+                          "or set quantization=None")
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=compute_dtype)
+
+
+def linear_module_names(model: torch.nn.Module) -> list[str]:
+    """Short names of the linear layers LoRA can target (``q_proj``, ``up_proj``, ...), lm_head excluded."""
+    names = {name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+             if isinstance(module, torch.nn.Linear) and name}  # bnb Linear4bit/8bitLt subclass nn.Linear
+    return sorted(names - {"lm_head"})
+
+
+def check_target_modules(model: torch.nn.Module, target_modules: str | list[str]) -> str | list[str]:
+    """``"all-linear"`` passes; listed names (or one comma-separated string) must be linear layers."""
+    if target_modules == "all-linear":
+        return target_modules
+    wanted = [t.strip() for t in target_modules.split(",")] if isinstance(target_modules, str) else list(target_modules)
+    available = linear_module_names(model)
+    missing = [t for t in wanted if t not in available]
+    if missing or not wanted:
+        raise ValueError(f"lora_target_modules: {missing or wanted} not found among the model's linear "
+                         f"modules {available}; use 'all-linear' or a subset of those names")
+    return wanted
+
+
+def load_policy(name_or_path: str = "tiny", *, quantization: str | None = None, lora_rank: int = 16,
+                lora_alpha: int = 32, lora_dropout: float = 0.0,
+                lora_target_modules: str | list[str] = "all-linear", gradient_checkpointing: bool = False,
+                dtype: str | torch.dtype = "auto", device: str = "auto", adapter_path: str | Path | None = None,
+                trust_remote_code: bool = False) -> tuple[PeftModel, PreTrainedTokenizerBase]:
+    """Base model (+ optional 4/8-bit) with trainable LoRA adapters, and its left-padding tokenizer."""
+    path = resolve_model_path(name_or_path)
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, torch_device)
+
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+
+    bnb_config = quantization_config(quantization, torch_dtype)
+    kwargs = dict(dtype=torch_dtype, trust_remote_code=trust_remote_code)
+    if bnb_config is not None:
+        kwargs.update(quantization_config=bnb_config, device_map={"": torch_device})
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    if bnb_config is None:
+        model.to(torch_device)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    if model.generation_config is not None and model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+
+    gc_kwargs = {"use_reentrant": False}
+    if bnb_config is not None:  # freezes the base, upcasts norms, enables checkpointing if asked
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
+                                                gradient_checkpointing_kwargs=gc_kwargs)
+    elif gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gc_kwargs)
+        model.enable_input_require_grads()  # the frozen embedding output must carry grad
+    if gradient_checkpointing:
+        model.config.use_cache = False
+
+    if adapter_path is not None:
+        peft_model = PeftModel.from_pretrained(model, str(adapter_path), is_trainable=True)
+    else:
+        lora = LoraConfig(r=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+                          target_modules=check_target_modules(model, lora_target_modules),
+                          bias="none", task_type="CAUSAL_LM")
+        peft_model = get_peft_model(model, lora)
+    return peft_model, tokenizer
+
+
+@contextmanager
+def reference_mode(model: PeftModel):
+    """The online reference pi_ref: the same weights with every LoRA adapter switched off."""
+    with model.disable_adapter():
+        yield model
+
+
+def model_fingerprint(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase) -> str:
+    """Short stable hash of the base architecture, a sample of its weights and the tokenizer vocab.
+
+    The path/name is left out on purpose (the same checkpoint moved elsewhere is the same
+    reference); storage details (dtype, quantization, cache flags) are left out too. The weight
+    sample is the first rows of the input embedding cast to bfloat16, which neither the dtype
+    choice nor 4/8-bit loading (embeddings stay unquantized) changes, but any retraining does.
+    """
+    base = model.get_base_model() if isinstance(model, PeftModel) else model
+    config = base.config.to_dict()
+    for key in ("_name_or_path", "transformers_version", "torch_dtype", "dtype", "quantization_config",
+                "use_cache", "pad_token_id", "architectures", "_attn_implementation_autoset"):
+        config.pop(key, None)
+    embedding = base.get_input_embeddings().weight[:8, :64].detach()
+    sample = embedding.to("cpu", torch.bfloat16).view(torch.int16).flatten().tolist()
+    payload = json.dumps({"config": config, "vocab": sorted(tokenizer.get_vocab().items()), "weights": sample},
+                         sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts; 4-bit packed weights count as their unpacked size."""
+    if isinstance(model, PeftModel):
+        return model.get_nb_trainable_parameters()
+    params = list(model.parameters())
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)

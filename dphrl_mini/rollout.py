@@ -1,0 +1,174 @@
+"""Sampling rollouts and scoring their tokens: our own batched, KV-cached sampling loop.
+
+``generate`` repeats every prompt ``num_generations`` times (prompt i occupies rows
+i*G..(i+1)*G-1, the groups of DESIGN.md §1 step 2), left-pads the prompts, and samples token by
+token with a ``DynamicCache``: one prefill forward over the prompts, then one forward of one token
+per step, stopping when every row has produced EOS. ``sequence_logps`` recomputes the per-token
+log-probs of given completions with one full forward pass, the quantity the losses need.
+
+Both functions divide the logits by ``temperature`` so the trainer's importance ratio compares
+like with like. Departures from ``transformers.generate``:
+
+1. The recorded log-probs are those of the temperature-scaled distribution *before* top-p
+   truncation (the distribution ``sequence_logps`` sees), not of the truncated sampler.
+2. Greedy decoding records log-probs at temperature 1 and ignores ``temperature``/``top_p``.
+3. Tokens after EOS are ``pad_token_id`` and masked out; EOS itself is in the mask.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+from transformers import DynamicCache
+
+
+@dataclass
+class Rollout:
+    prompt_ids: torch.Tensor        # (B, P) left-padded
+    prompt_mask: torch.Tensor       # (B, P) 1 for real tokens
+    completion_ids: torch.Tensor    # (B, T) right-padded with pad_token_id
+    completion_mask: torch.Tensor   # (B, T) 1 for real completion tokens incl. the EOS
+    logps: torch.Tensor             # (B, T) log-probs of the sampled tokens under the sampling policy
+    completions: list[str]          # decoded completion texts, special tokens removed
+    prompt_index: torch.Tensor      # (B,) long; rows grouped: prompt i occupies rows i*G..(i+1)*G-1
+    truncated: torch.Tensor         # (B,) bool, no EOS within max_new_tokens
+
+
+def _pad_token_id(tokenizer) -> int:
+    return tokenizer.eos_token_id if tokenizer.pad_token_id is None else tokenizer.pad_token_id
+
+
+def _left_pad(sequences: list[list[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)  # (B, P)
+    mask = torch.zeros(len(sequences), width, dtype=torch.long)  # (B, P)
+    for row, s in enumerate(sequences):
+        if s:
+            ids[row, width - len(s):] = torch.tensor(s, dtype=torch.long)
+            mask[row, width - len(s):] = 1
+    return ids, mask
+
+
+def _right_pad(t: torch.Tensor, width: int, value: float) -> torch.Tensor:
+    return torch.nn.functional.pad(t, (0, width - t.shape[1]), value=value)
+
+
+def _next_token(logits: torch.Tensor, temperature: float, top_p: float, greedy: bool,
+                generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pick one token per row from (B, V) logits; return it (B,) and its log-prob (B,)."""
+    if greedy:
+        logprobs = torch.log_softmax(logits.float(), dim=-1)  # (B, V) temperature 1
+        tokens = logprobs.argmax(dim=-1)  # (B,)
+    else:
+        logprobs = torch.log_softmax(logits.float() / temperature, dim=-1)  # (B, V)
+        probs = logprobs.exp()  # (B, V)
+        if top_p < 1.0:  # nucleus: keep the smallest prefix of sorted tokens with mass >= top_p
+            sorted_probs, order = probs.sort(dim=-1, descending=True)  # (B, V)
+            drop = sorted_probs.cumsum(dim=-1) - sorted_probs > top_p  # (B, V) never the first
+            probs = probs.scatter(-1, order, sorted_probs.masked_fill(drop, 0.0))  # (B, V)
+        tokens = torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # (B,)
+    return tokens, logprobs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+def _sample_chunk(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new_tokens: int,
+                  temperature: float, top_p: float, greedy: bool, generator, eos_token_id: int,
+                  pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """KV-cached sampling for one chunk; returns completion ids, mask and log-probs, each (b, t)."""
+    b = prompt_ids.shape[0]
+    attention_mask = prompt_mask  # (b, P) grows by one column per step
+    position_ids = (prompt_mask.cumsum(-1) - 1).clamp(min=0)  # (b, P) real tokens count from 0
+    next_position = position_ids[:, -1:] + 1  # (b, 1)
+    cache = DynamicCache(config=model.config)
+    logits = model(input_ids=prompt_ids, attention_mask=attention_mask, position_ids=position_ids,
+                   past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]  # (b, V)
+    finished = torch.zeros(b, dtype=torch.bool, device=prompt_ids.device)  # (b,)
+    tokens, logps, masks = [], [], []
+    for _ in range(max_new_tokens):
+        token, logp = _next_token(logits, temperature, top_p, greedy, generator)  # (b,), (b,)
+        masks.append(~finished)
+        tokens.append(token.masked_fill(finished, pad_token_id))
+        logps.append(logp.masked_fill(finished, 0.0))
+        finished = finished | (token == eos_token_id)
+        if bool(finished.all()) or len(tokens) == max_new_tokens:
+            break
+        attention_mask = torch.cat([attention_mask, attention_mask.new_ones(b, 1)], dim=1)  # (b, P+t)
+        logits = model(input_ids=tokens[-1].unsqueeze(-1), attention_mask=attention_mask,
+                       position_ids=next_position, past_key_values=cache, use_cache=True).logits[:, -1]
+        next_position = next_position + 1
+    return torch.stack(tokens, 1), torch.stack(masks, 1).long(), torch.stack(logps, 1)  # (b, t) x3
+
+
+def generate(model, tokenizer, prompts: list[str], num_generations: int = 1, max_new_tokens: int = 32,
+             temperature: float = 1.0, top_p: float = 1.0, greedy: bool = False,
+             batch_size: int | None = None, generator: torch.Generator | None = None,
+             progress: bool = False) -> Rollout:
+    """Sample ``num_generations`` completions of every prompt (rows grouped per prompt).
+
+    Works on plain Hugging Face causal LMs and PEFT-wrapped ones. Rows are processed in chunks of
+    ``batch_size`` (all at once if None). ``generator`` (on the model's device) makes sampling
+    reproducible. The model runs in eval mode under ``torch.no_grad``; its training mode is
+    restored afterwards. Tensors of the returned :class:`Rollout` live on the model's device.
+    """
+    if num_generations < 1 or max_new_tokens < 1:
+        raise ValueError(f"num_generations={num_generations} and max_new_tokens={max_new_tokens} must be >= 1")
+    if not greedy and temperature <= 0:
+        raise ValueError(f"temperature={temperature!r} must be > 0 (use greedy=True for argmax)")
+    device = next(model.parameters()).device
+    pad_token_id, eos_token_id = _pad_token_id(tokenizer), tokenizer.eos_token_id
+    encoded = tokenizer(list(prompts))["input_ids"]
+    rows = [ids for ids in encoded for _ in range(num_generations)]
+    prompt_ids, prompt_mask = _left_pad(rows, pad_token_id)  # (B, P)
+    batch_size = batch_size or len(rows)
+    was_training = model.training
+    model.eval()
+    chunks = []
+    try:
+        with torch.no_grad():
+            for start in tqdm(range(0, len(rows), batch_size), desc="generate", disable=not progress):
+                ids, mask = prompt_ids[start:start + batch_size], prompt_mask[start:start + batch_size]
+                first = int(mask.any(0).long().argmax())  # drop columns that are pad in every row
+                chunks.append(_sample_chunk(model, ids[:, first:].to(device), mask[:, first:].to(device),
+                                            max_new_tokens, temperature, top_p, greedy, generator,
+                                            eos_token_id, pad_token_id))
+    finally:
+        model.train(was_training)
+    width = max(c[0].shape[1] for c in chunks)
+    completion_ids = torch.cat([_right_pad(c[0], width, pad_token_id) for c in chunks])  # (B, T)
+    completion_mask = torch.cat([_right_pad(c[1], width, 0) for c in chunks])  # (B, T)
+    logps = torch.cat([_right_pad(c[2], width, 0.0) for c in chunks])  # (B, T)
+    lengths = completion_mask.sum(-1).tolist()
+    completions = tokenizer.batch_decode([ids[:n] for ids, n in zip(completion_ids.tolist(), lengths)],
+                                         skip_special_tokens=True)
+    has_eos = ((completion_ids == eos_token_id) & completion_mask.bool()).any(-1)  # (B,)
+    prompt_index = torch.arange(len(prompts), device=device).repeat_interleave(num_generations)
+    return Rollout(prompt_ids.to(device), prompt_mask.to(device), completion_ids, completion_mask,
+                   logps, completions, prompt_index, ~has_eos)
+
+
+def sequence_logps(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
+                   completion_ids: torch.Tensor, completion_mask: torch.Tensor,
+                   temperature: float = 1.0, return_entropy: bool = False):
+    """Per-token log pi(y_t | x, y_<t) of the completion tokens, from one forward over
+    [prompt; completion] with logits / temperature. Returns logps (B, T), or (logps, entropy) each
+    (B, T) with the entropy of the temperature-scaled next-token distribution; zeros where
+    ``completion_mask`` is 0. Gradients flow unless the caller disables them.
+    """
+    device = next(model.parameters()).device
+    T = completion_ids.shape[1]
+    input_ids = torch.cat([prompt_ids, completion_ids], dim=1).to(device)  # (B, P+T)
+    attention_mask = torch.cat([prompt_mask, completion_mask], dim=1).long().to(device)  # (B, P+T)
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # (B, P+T)
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                   use_cache=False, logits_to_keep=T + 1).logits[:, :-1]  # (B, T, V) predicts y_t
+    logits = logits.float() / temperature  # (B, T, V)
+    log_norm = torch.logsumexp(logits, dim=-1)  # (B, T)
+    targets = completion_ids.to(device).unsqueeze(-1)  # (B, T, 1)
+    mask = completion_mask.to(device).bool()  # (B, T)
+    logps = (logits.gather(-1, targets).squeeze(-1) - log_norm).masked_fill(~mask, 0.0)  # (B, T)
+    if not return_entropy:
+        return logps
+    logprobs = logits - log_norm.unsqueeze(-1)  # (B, T, V)
+    entropy = -(logprobs.exp() * logprobs).sum(-1).masked_fill(~mask, 0.0)  # (B, T)
+    return logps, entropy

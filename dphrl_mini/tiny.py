@@ -1,0 +1,346 @@
+"""The project's own tiny model: a character-level Llama, warm-started on the synthetic tasks.
+
+The hub is unreachable in tests and CI, so the project builds its own policy (DESIGN.md §2):
+
+1. **Tokenizer.** A real Hugging Face tokenizer (``tokenizers`` WordLevel model) whose vocabulary
+   is the specials ``<pad> <bos> <eos> <unk>`` (ids 0-3), ``"\\n"`` and printable ASCII
+   ``chr(32..126)``. A pre-tokenizer splits every character; a ``TemplateProcessing``
+   post-processor prepends ``<bos>``; ``padding_side="left"``. It reloads with
+   ``AutoTokenizer.from_pretrained``.
+2. **Model.** A small ``LlamaForCausalLM`` (4 layers, 4 heads, 2 KV heads (GQA), tied
+   embeddings, 256 positions, ~1.8M parameters, fp32 safetensors < 9 MB).
+3. **Warm start.** Supervised fine-tuning on ``<bos> prompt completion <eos>`` with the loss on
+   the completion (and EOS) only. Problems come from each task's ``"train"`` generator with a
+   seed distinct from the RL prompts (``SFT_SEED + seed``), and each problem appears with
+   *several different correct solutions* drawn at random (``sft_examples``), so the initial
+   policy spreads its mass over many correct answers: moderate Pass@1, high Pass@k. Training is
+   deliberately short: an underfit, broad policy is what the RLVR experiments need; a sharp one
+   would leave nothing for Pass@k to measure. The ``"test"``/``"ood"`` splits are never used.
+
+``python -m dphrl_mini.tiny --out dphrl_mini/assets/tiny`` reproduces the committed checkpoint
+and writes its README with the Pass@1 / Pass@64 / distinct-solution numbers measured by
+``sample_metrics`` (temperature 1, no top-k/top-p).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+logger = logging.getLogger(__name__)
+
+SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<unk>")  # ids 0, 1, 2, 3
+CHARS = ("\n",) + tuple(chr(i) for i in range(32, 127))
+ASSET_DIR = Path(__file__).resolve().parent / "assets" / "tiny"
+SFT_SEED = 12345  # SFT problems: the "train" generator, but not the RL prompts' seed
+TINY_TASKS = ("countdown", "sql")
+
+
+def build_tokenizer(model_max_length: int = 256) -> PreTrainedTokenizerFast:
+    """Character-level tokenizer over printable ASCII + newline, ``<bos>`` added, left padding."""
+    vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS + CHARS)}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")  # every char
+    tok.post_processor = processors.TemplateProcessing(
+        single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", vocab["<bos>"])]
+    )
+    tok.decoder = decoders.Fuse()  # join characters back without spaces
+    tok.add_special_tokens(list(SPECIAL_TOKENS))
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<bos>",
+        eos_token="<eos>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        padding_side="left",
+        clean_up_tokenization_spaces=False,
+        model_max_length=model_max_length,
+    )
+
+
+@dataclass
+class TinyConfig:
+    """Everything that determines the tiny checkpoint (saved next to it as ``build_config``)."""
+
+    steps: int = 900
+    """Optimizer steps of supervised warm-start."""
+    seed: int = 0
+    """Seed for initialization, data order and the SFT problems (``SFT_SEED + seed``)."""
+    hidden_size: int = 192
+    """Model width; 4 layers of 12*h^2 weights each give ~1.8M parameters at 192."""
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    intermediate_size: int = 576
+    max_position_embeddings: int = 256
+    batch_size: int = 64
+    """Sequences per step."""
+    lr: float = 3e-3
+    """Peak AdamW learning rate (linear warm-up, cosine decay to 10%)."""
+    warmup_steps: int = 50
+    weight_decay: float = 0.01
+    countdown_problems: int = 4000
+    """Distinct countdown problems in the SFT set."""
+    sql_problems: int = 2000
+    """Distinct SQL problems in the SFT set."""
+    per_problem: int = 8
+    """Different correct solutions drawn per problem (``sft_examples``)."""
+    num_threads: int = 2
+    """``torch.set_num_threads``: the build must fit a small shared CPU."""
+
+
+def tiny_model_config(cfg: TinyConfig, vocab_size: int) -> LlamaConfig:
+    """The Llama architecture of the tiny model (GQA, tied embeddings)."""
+    return LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_hidden_layers,
+        num_attention_heads=cfg.num_attention_heads,
+        num_key_value_heads=cfg.num_key_value_heads,
+        max_position_embeddings=cfg.max_position_embeddings,
+        tie_word_embeddings=True,
+        bos_token_id=SPECIAL_TOKENS.index("<bos>"),
+        eos_token_id=SPECIAL_TOKENS.index("<eos>"),
+        pad_token_id=SPECIAL_TOKENS.index("<pad>"),
+    )
+
+
+def sft_pairs(cfg: TinyConfig) -> list[tuple[str, str]]:
+    """(prompt, completion) pairs from every tiny task, several correct solutions per problem."""
+    from dphrl_mini.tasks import countdown, sql
+
+    pairs: list[tuple[str, str]] = []
+    for task, n in ((countdown, cfg.countdown_problems), (sql, cfg.sql_problems)):
+        if n <= 0:
+            continue
+        rows = task.make_dataset("train", n, seed=SFT_SEED + cfg.seed)
+        pairs += task.sft_examples(rows, per_problem=cfg.per_problem, seed=SFT_SEED + cfg.seed)
+    return pairs
+
+
+def encode_pairs(tokenizer, pairs, max_length: int) -> list[tuple[list[int], int]]:
+    """``<bos> prompt completion <eos>`` ids and the number of prompt tokens (incl. ``<bos>``)."""
+    out = []
+    for prompt, completion in pairs:
+        prompt_ids = tokenizer(prompt)["input_ids"]  # starts with <bos>
+        completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
+        ids = prompt_ids + completion_ids + [tokenizer.eos_token_id]
+        if len(ids) <= max_length:
+            out.append((ids, len(prompt_ids)))
+    return out
+
+
+def _batches(examples, batch_size: int, rng: random.Random):
+    """Endless length-bucketed batches: shuffle, sort within chunks of 50 batches, shuffle batches."""
+    while True:
+        order = list(range(len(examples)))
+        rng.shuffle(order)
+        batches = []
+        chunk = 50 * batch_size
+        for start in range(0, len(order), chunk):
+            part = sorted(order[start : start + chunk], key=lambda i: len(examples[i][0]))
+            batches += [part[i : i + batch_size] for i in range(0, len(part), batch_size)]
+        rng.shuffle(batches)
+        yield from batches
+
+
+def _collate(examples, index: list[int], pad_id: int):
+    """Right-padded (input_ids, attention_mask, labels); labels are -100 on prompt and padding."""
+    width = max(len(examples[i][0]) for i in index)
+    input_ids = torch.full((len(index), width), pad_id, dtype=torch.long)  # (B, T)
+    labels = torch.full((len(index), width), -100, dtype=torch.long)  # (B, T)
+    attention_mask = torch.zeros((len(index), width), dtype=torch.long)  # (B, T)
+    for row, i in enumerate(index):
+        ids, n_prompt = examples[i]
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        attention_mask[row, : len(ids)] = 1
+        labels[row, n_prompt : len(ids)] = torch.tensor(ids[n_prompt:])  # completion + EOS
+    return input_ids, attention_mask, labels
+
+
+def train_tiny(cfg: TinyConfig, log_every: int = 50):
+    """Build tokenizer + random model and run the supervised warm start; returns (model, tokenizer)."""
+    torch.manual_seed(cfg.seed)
+    rng = random.Random(cfg.seed)
+    tokenizer = build_tokenizer(cfg.max_position_embeddings)
+    model = LlamaForCausalLM(tiny_model_config(cfg, len(tokenizer)))
+    examples = encode_pairs(tokenizer, sft_pairs(cfg), cfg.max_position_embeddings)
+    logger.info("tiny: %d SFT sequences, %d parameters", len(examples), model.num_parameters())
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr,
+        betas=(0.9, 0.98),
+    )
+
+    def lr_at(step: int) -> float:  # linear warm-up, cosine decay to 10% of the peak
+        if step < cfg.warmup_steps:
+            return cfg.lr * (step + 1) / cfg.warmup_steps
+        progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+        return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+    model.train()
+    batches = _batches(examples, cfg.batch_size, rng)
+    start, running = time.time(), 0.0
+    for step in range(cfg.steps):
+        input_ids, attention_mask, labels = _collate(examples, next(batches), tokenizer.pad_token_id)
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step)
+        loss = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        running += loss.item()
+        if (step + 1) % log_every == 0 or step + 1 == cfg.steps:
+            n = (step % log_every) + 1
+            logger.info("step %d/%d loss %.4f (%.0fs)", step + 1, cfg.steps, running / n, time.time() - start)
+            running = 0.0
+    model.eval()
+    return model, tokenizer
+
+
+@torch.no_grad()
+def sample_completions(model, tokenizer, prompts: list[str], n: int, max_new_tokens: int,
+                       batch_size: int = 512, seed: int = 0) -> list[list[str]]:
+    """``n`` completions per prompt at temperature 1 (no top-k/top-p), special tokens removed."""
+    torch.manual_seed(seed)
+    flat = [p for p in prompts for _ in range(n)]
+    texts: list[str] = []
+    for start in range(0, len(flat), batch_size):
+        enc = tokenizer(flat[start : start + batch_size], return_tensors="pt", padding=True)
+        out = model.generate(
+            **enc, do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=max_new_tokens,
+            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        )
+        texts += tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+    return [texts[i * n : (i + 1) * n] for i in range(len(prompts))]
+
+
+def sample_metrics(model, tokenizer, task, rows: list[dict], n: int = 64, max_new_tokens: int = 96,
+                   seed: int = 0) -> dict[str, float]:
+    """Pass@1 (mean c/n), Pass@n (any of n correct) and mean distinct correct solutions per prompt."""
+    prompts = [row["prompt"] for row in rows]
+    samples = sample_completions(model, tokenizer, prompts, n, max_new_tokens, seed=seed)
+    columns = [k for k in rows[0] if k not in ("id", "prompt")]
+    pass1, passn, distinct = [], [], []
+    for row, completions in zip(rows, samples):
+        kwargs = {k: [row[k]] * n for k in columns}
+        rewards = task.reward([row["prompt"]] * n, completions, **kwargs)
+        correct = [c for c, r in zip(completions, rewards) if r > 0]
+        pass1.append(len(correct) / n)
+        passn.append(float(len(correct) > 0))
+        distinct.append(len({task.solution_key(c) for c in correct}))
+    m = len(rows)
+    return {"pass@1": sum(pass1) / m, f"pass@{n}": sum(passn) / m, "distinct_correct": sum(distinct) / m}
+
+
+def measure(model, tokenizer, n_prompts: int = 40, n: int = 64, seed: int = 0) -> dict[str, dict]:
+    """``sample_metrics`` on each tiny task's ``"test"`` and ``"ood"`` splits."""
+    from dphrl_mini.tasks import countdown, sql
+
+    results = {}
+    for task, max_new in ((countdown, 32), (sql, 96)):
+        for split in ("test", "ood"):
+            rows = task.make_dataset(split, n_prompts, seed=seed)
+            results[f"{task.NAME}/{split}"] = sample_metrics(model, tokenizer, task, rows, n, max_new, seed)
+    return results
+
+
+def _readme(cfg: TinyConfig, n_params: int, seconds: float, results: dict[str, dict] | None) -> str:
+    defaults = TinyConfig()
+    args = "".join(f" --{f.name.replace('_', '-')} {getattr(cfg, f.name)}" for f in fields(cfg)
+                   if f.name in ("steps", "seed") and getattr(cfg, f.name) != getattr(defaults, f.name))
+    lines = [
+        "# dphrl-mini tiny model",
+        "",
+        "A character-level Llama (4 layers, 4 heads, 2 KV heads, tied embeddings) built by the",
+        "project itself and warm-started by supervised fine-tuning on countdown and SQL problems with",
+        "several different correct solutions per problem (see `dphrl_mini/tiny.py`). Reproduce it with",
+        "",
+        "```",
+        f"python -m dphrl_mini.tiny --out dphrl_mini/assets/tiny{args}",
+        "```",
+        "",
+        f"- parameters: {n_params:,}",
+        f"- training: {cfg.steps} steps x {cfg.batch_size} sequences, {seconds / 60:.1f} min on "
+        f"{cfg.num_threads} CPU threads",
+        f"- build config: `{asdict(cfg)}`",
+        "",
+    ]
+    if results:
+        n = next(k for k in next(iter(results.values())) if k.startswith("pass@") and k != "pass@1")
+        lines += [
+            f"Measured at temperature 1.0 (no top-k/top-p) with {n[5:]} samples per prompt "
+            f"(`tiny.measure`, {MEASURE_PROMPTS} prompts per split):",
+            "",
+            f"| task/split | pass@1 | {n} | distinct correct / prompt |",
+            "|---|---|---|---|",
+        ]
+        lines += [f"| {k} | {v['pass@1']:.3f} | {v[n]:.3f} | {v['distinct_correct']:.2f} |" for k, v in results.items()]
+    return "\n".join(lines) + "\n"
+
+
+MEASURE_PROMPTS = 40
+
+
+def build_tiny_model(out_dir: str | Path, steps: int = TinyConfig.steps, seed: int = 0,
+                     evaluate: bool = False, **overrides) -> Path:
+    """Train the tiny model and save model, tokenizer and a README into ``out_dir``; returns it.
+
+    ``overrides`` set any other ``TinyConfig`` field. ``evaluate=True`` also measures Pass@1,
+    Pass@64 and distinct correct solutions on the test/ood splits and writes them to the README.
+    """
+    cfg = TinyConfig(steps=steps, seed=seed, **overrides)
+    torch.set_num_threads(cfg.num_threads)
+    start = time.time()
+    model, tokenizer = train_tiny(cfg)
+    seconds = time.time() - start
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    results = measure(model, tokenizer, MEASURE_PROMPTS) if evaluate else None
+    for name, metrics in (results or {}).items():
+        logger.info("%s: %s", name, {k: round(v, 3) for k, v in metrics.items()})
+    (out / "README.md").write_text(_readme(cfg, model.num_parameters(), seconds, results))
+    logger.info("tiny model saved to %s (%.1f min of training)", out, seconds / 60)
+    return out
+
+
+def tiny_model_path() -> Path:
+    """The committed tiny checkpoint; if it is missing, build one into a cache dir (slow, once)."""
+    if (ASSET_DIR / "model.safetensors").exists():
+        return ASSET_DIR
+    cache = Path(os.environ.get("DPHRL_CACHE", Path.home() / ".cache" / "dphrl_mini")) / "tiny"
+    if not (cache / "model.safetensors").exists():
+        logger.warning("tiny checkpoint missing from the package; building it into %s (~10 min)", cache)
+        build_tiny_model(cache)
+    return cache
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=str(ASSET_DIR), help="output directory")
+    parser.add_argument("--steps", type=int, default=TinyConfig.steps)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-eval", action="store_true", help="skip the Pass@k measurement")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    build_tiny_model(args.out, steps=args.steps, seed=args.seed, evaluate=not args.no_eval)
+
+
+if __name__ == "__main__":
+    main()

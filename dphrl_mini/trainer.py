@@ -1,0 +1,421 @@
+"""The RLVR training loop: GRPO/DAPO/RKL baselines, DPH-RL rehearsal and MARA (DESIGN.md §1).
+
+One step (``Trainer.step``):
+1. draw ``prompts_per_step`` training prompts (D_exp for DPH methods) and sample G completions each;
+2. score them with the verifiable reward (a raising reward scores 0 and is counted);
+3. [MARA] augment each group's rewards with the anchor rule (``toy_bandits.mara_rewards``,
+   sequence log-probs from the online reference = the same model with adapters disabled);
+4. group-normalized advantages; then ``updates_per_step`` optimizer updates, each on a mini-batch
+   of groups, minimizing ``losses.rl_loss`` terms: clipped surrogate (+ reverse-KL penalty for rkl)
+   on the rollouts, plus ``eta`` times the DPH divergence on a batch of stored reference samples.
+
+Departures from the released verl code (DPH-RL notes §1.3-1.4): the reference batch is its own
+micro-batch stream rather than rows concatenated into the RL batch (so routing never mixes row
+types); the forward-KL loss is not clamped at ±10; old log-probs come from the sampler (fp32) or a
+recomputed forward pass (bf16/fp16), not a separate actor.
+Everything else a long run needs is here too: non-finite steps are skipped (and stop the run after
+``max_nonfinite_steps`` in a row), atomic checksummed checkpoints with exact resume, metrics to
+``metrics.jsonl``, periodic evaluation, and ``accelerate launch`` for several processes (DDP).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import random
+import time
+import warnings
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+
+from toy_bandits.mara import mara_rewards
+
+from . import checkpoint as ckpt
+from .config import TrainConfig
+from .data import PresampleResult, presample, reward_columns
+from .evaluate import EvalResult, evaluate
+from .losses import aggregate, clipped_surrogate, divergence_per_token, group_advantages, kl_penalty_per_token
+from .models import load_policy, model_fingerprint, reference_mode
+from .rewards import score_completions
+from .rollout import Rollout, generate, sequence_logps
+from .tasks import get_task
+
+OOM_HINT = ("out of GPU memory: lower `micro_batch_size` or `generation_batch_size`, shorten "
+            "`max_new_tokens`, set `gradient_checkpointing=True`, or load the model with "
+            "`quantization='4bit'`")
+
+
+def _to_device(rollout: Rollout, device) -> Rollout:
+    moved = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in vars(rollout).items()}
+    return dataclasses.replace(rollout, **moved)
+
+
+class NonFiniteError(RuntimeError):
+    """Raised after ``max_nonfinite_steps`` consecutive steps with a non-finite loss or gradient."""
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class Trainer:
+    """``Trainer(config).train()`` runs a whole experiment; notebooks may also call ``step()``."""
+
+    def __init__(self, config: TrainConfig, *, model=None, tokenizer=None, reward_fns: list[Callable] | None = None,
+                 callbacks: list[Callable[[dict], None]] = (), accelerator: Accelerator | None = None):
+        self.config = cfg = config.validate()
+        self.accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available() or cfg.device == "cpu")
+        set_seed(cfg.seed + self.accelerator.process_index)
+        if model is None:
+            model, tokenizer = load_policy(
+                cfg.model, quantization=cfg.quantization, lora_rank=cfg.lora_rank, lora_alpha=cfg.lora_alpha,
+                lora_dropout=cfg.lora_dropout, lora_target_modules=cfg.lora_target_modules,
+                gradient_checkpointing=cfg.gradient_checkpointing, dtype=cfg.dtype, device=cfg.device)
+        self.tokenizer = tokenizer
+        self.task = get_task(cfg.task)
+        self.reward_fns = list(reward_fns or [self.task.reward])
+        self.callbacks = list(callbacks)
+        self.output_dir = Path(cfg.output_dir)
+        self.fingerprint = model_fingerprint(model, tokenizer)
+        kwargs = {"source": cfg.task_source} if cfg.task == "math" else {}
+        self.train_rows = self.task.make_dataset("train", cfg.train_size, seed=cfg.data_seed, **kwargs)
+        self._eval_rows: dict[str, list[dict]] = {}
+
+        params = [p for p in model.parameters() if p.requires_grad]
+        if cfg.optimizer == "paged_adamw_8bit":
+            import bitsandbytes as bnb
+
+            optimizer = bnb.optim.PagedAdamW8bit(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        else:
+            optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        total_updates = cfg.steps * cfg.updates_per_step
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda u: self._lr_factor(u, total_updates))
+        self.model, self.optimizer, self.scheduler = self.accelerator.prepare(model, optimizer, scheduler)
+        self.policy = self.accelerator.unwrap_model(self.model)  # for sampling and saving
+        self.device = self.accelerator.device
+        self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed * 7919 + self.accelerator.process_index)
+        self.step_index = 0
+        self.data_state = {"epoch": 0, "cursor": 0}
+        self.nonfinite_in_a_row = 0
+        self.history: list[dict] = []
+        self.presampled: PresampleResult | None = None
+        self.pool = self.train_rows
+
+    # --- data ------------------------------------------------------------------------------------
+    def _lr_factor(self, update: int, total: int) -> float:
+        cfg = self.config
+        if cfg.warmup_steps and update < cfg.warmup_steps * cfg.updates_per_step:
+            return (update + 1) / (cfg.warmup_steps * cfg.updates_per_step)
+        if cfg.lr_schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * min(update / max(total, 1), 1.0)))
+        return 1.0
+
+    def prompt_text(self, row: dict) -> str:
+        if not self.config.chat_template:
+            return row["prompt"]
+        return self.tokenizer.apply_chat_template([{"role": "user", "content": row["prompt"]}],
+                                                  tokenize=False, add_generation_prompt=True)
+
+    def eval_rows(self, split: str) -> list[dict]:
+        if split not in self._eval_rows:
+            cfg = self.config
+            size = cfg.eval_size if split == "test" else cfg.ood_size
+            kwargs = {"source": cfg.task_source} if cfg.task == "math" else {}
+            self._eval_rows[split] = self.task.make_dataset(split, size, seed=cfg.data_seed, **kwargs) if size else []
+        return self._eval_rows[split]
+
+    def prepare_data(self) -> None:
+        """DPH methods: pre-sample once (or load the saved split) and train on D_exp."""
+        cfg = self.config
+        needs_split = cfg.dph_divergence() is not None or cfg.train_on == "exploration"
+        if not needs_split:
+            return
+        folder = self.output_dir
+        if (folder / "presample.json").exists():
+            self.presampled = PresampleResult.load(folder, self.train_rows, self.fingerprint)
+        else:
+            with reference_mode(self.policy):
+                self.presampled = presample(
+                    self.policy, self.tokenizer, self.train_rows, self.task, k=cfg.presample_k,
+                    threshold=cfg.presample_threshold, keep=cfg.keep_references, fingerprint=self.fingerprint,
+                    max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                    batch_size=cfg.generation_batch_size, seed=cfg.seed,
+                    prompts=[self.prompt_text(r) for r in self.train_rows],
+                    progress=cfg.progress and self.accelerator.is_main_process)
+            if self.accelerator.is_main_process:
+                self.presampled.save(folder)
+        if cfg.train_on in ("auto", "exploration"):
+            if self.presampled.exploration:
+                self.pool = self.presampled.exploration
+            else:
+                warnings.warn("every training prompt is near-perfect; training on all prompts")
+        if cfg.dph_divergence() and len(self.presampled.store) == 0:
+            warnings.warn("the reference store is empty (no near-perfect prompts): the DPH term is 0; "
+                          "lower `presample_threshold` or raise `presample_k`")
+
+    def next_rows(self, n: int) -> list[dict]:
+        """The next ``n`` prompts of a seeded per-epoch permutation (the data position is saved)."""
+        rows = []
+        while len(rows) < n:
+            order = np.random.RandomState(self.config.seed + 1000 * self.data_state["epoch"]).permutation(len(self.pool))
+            take = order[self.data_state["cursor"]: self.data_state["cursor"] + n - len(rows)]
+            rows += [self.pool[i] for i in take]
+            self.data_state["cursor"] += len(take)
+            if self.data_state["cursor"] >= len(self.pool):
+                self.data_state = {"epoch": self.data_state["epoch"] + 1, "cursor": 0}
+        return rows
+
+    # --- one RL step -----------------------------------------------------------------------------
+    def _logps(self, rollout: Rollout, rows: torch.Tensor, entropy: bool = False):
+        return sequence_logps(self.model, rollout.prompt_ids[rows], rollout.prompt_mask[rows],
+                              rollout.completion_ids[rows], rollout.completion_mask[rows],
+                              temperature=self.config.temperature, return_entropy=entropy)
+
+    @torch.no_grad()
+    def _no_grad_logps(self, rollout: Rollout) -> torch.Tensor:
+        mb = self.config.micro_batch_size
+        chunks = [self._logps(rollout, torch.arange(s, min(s + mb, len(rollout.completions))))
+                  for s in range(0, len(rollout.completions), mb)]
+        return torch.cat(chunks)  # (B, T)
+
+    def step(self) -> dict:
+        """One RL step; returns its metrics (also appended to ``history`` and metrics.jsonl)."""
+        try:
+            return self._step()
+        except torch.cuda.OutOfMemoryError as error:
+            raise RuntimeError(f"{OOM_HINT} (at step {self.step_index})") from error
+
+    def _step(self) -> dict:
+        cfg, acc = self.config, self.accelerator
+        G, t0 = cfg.num_generations, time.perf_counter()
+        rows = self.next_rows(cfg.prompts_per_step)[acc.process_index::acc.num_processes]
+        prompts = [self.prompt_text(r) for r in rows]
+        rollout = generate(self.policy, self.tokenizer, prompts, num_generations=G,
+                           max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                           batch_size=cfg.generation_batch_size, generator=self.generator)
+        rollout = _to_device(rollout, self.device)
+        t_rollout = time.perf_counter() - t0
+        raw_rewards, reward_errors = score_completions(
+            self.reward_fns, [p for p in prompts for _ in range(G)], rollout.completions,
+            reward_columns(rows, G), fail_fast=cfg.fail_fast)
+        rewards = torch.tensor(raw_rewards, dtype=torch.float32, device=self.device)  # (B,)
+        mask = rollout.completion_mask.float()  # (B, T)
+
+        reference_logps = None
+        if cfg.needs_reference_model():  # online reference: the same weights with adapters off
+            with reference_mode(self.policy):
+                reference_logps = self._no_grad_logps(rollout)  # (B, T)
+        if cfg.mara:  # MARA Algorithm 1 per prompt group, sequence log-probs under pi_ref
+            seq_ref = (reference_logps * mask).sum(-1).view(-1, G).cpu().numpy()
+            augmented = [mara_rewards(r, s, cfg.mara_beta, cfg.mara_tau) for r, s in
+                         zip(rewards.view(-1, G).cpu().numpy(), seq_ref)]
+            rewards = torch.tensor(np.concatenate(augmented), dtype=torch.float32, device=self.device)
+        advantages = group_advantages(rewards, G, scale_by_std=cfg.scale_advantages_by_std)  # (B,)
+        old_logps = rollout.logps
+        if next(self.policy.parameters()).dtype != torch.float32:
+            old_logps = self._no_grad_logps(rollout)  # low precision: sampler and trainer differ
+
+        stats: dict[str, list[float]] = {k: [] for k in ("pg_loss", "kl", "dph_loss", "clip_fraction",
+                                                         "entropy", "grad_norm")}
+        skipped = 0
+        groups = torch.randperm(len(rows), generator=torch.Generator().manual_seed(cfg.seed + self.step_index))
+        t1 = time.perf_counter()
+        for update in range(cfg.updates_per_step):
+            chosen = groups[update::cfg.updates_per_step]
+            batch_rows = (chosen[:, None] * G + torch.arange(G)[None]).flatten().to(self.device)
+            if not self._update(rollout, batch_rows, advantages, old_logps, reference_logps, stats, update == 0):
+                skipped += 1
+        self.step_index += 1
+
+        group_rewards = torch.tensor(raw_rewards).view(-1, G)
+        metrics = {
+            "step": self.step_index,
+            "reward_mean": float(group_rewards.mean()), "reward_std": float(group_rewards.std()),
+            "solve_rate": float((group_rewards.max(1).values >= 1).float().mean()),
+            "augmented_reward_mean": float(rewards.mean()),
+            **{k: float(np.mean(v)) if v else 0.0 for k, v in stats.items()},
+            "completion_length": float(mask.sum(-1).mean()),
+            "truncated_frac": float(rollout.truncated.float().mean()),
+            "reward_errors": int(reward_errors), "skipped_updates": skipped,
+            "lr": float(self.scheduler.get_last_lr()[0]),
+            "rollout_tokens_per_s": float(mask.sum()) / max(t_rollout, 1e-9),
+            "time_rollout": t_rollout, "time_update": time.perf_counter() - t1,
+            "time_step": time.perf_counter() - t0,
+        }
+        self.history.append(metrics)
+        if acc.is_main_process:
+            with open(self.output_dir / "metrics.jsonl", "a") as handle:
+                handle.write(json.dumps(metrics) + "\n")
+        for callback in self.callbacks:
+            callback(metrics)
+        return metrics
+
+    def _update(self, rollout, batch_rows, advantages, old_logps, reference_logps, stats, first: bool) -> bool:
+        """One optimizer update on a mini-batch of groups (+ a reference batch for DPH)."""
+        cfg = self.config
+        mb = cfg.micro_batch_size
+        mask = rollout.completion_mask.float()
+        total_tokens = float(mask[batch_rows].sum().clamp(min=1))
+        kl_coef, divergence = cfg.method_kl_coef(), cfg.dph_divergence()
+        self.optimizer.zero_grad(set_to_none=True)
+        losses = []
+        for start in range(0, len(batch_rows), mb):
+            rows = batch_rows[start:start + mb]
+            logps, entropy = self._logps(rollout, rows, entropy=True)  # (b, T)
+            m = mask[rows]
+            # token-mean over the whole mini-batch = sum over micro-batches of token sums / all tokens
+            weight = float(m.sum()) / total_tokens if cfg.loss_aggregation == "token_mean" else len(rows) / len(batch_rows)
+            per_token, clip_fraction = clipped_surrogate(logps, old_logps[rows], advantages[rows][:, None], m,
+                                                         eps_low=cfg.eps_low, eps_high=cfg.method_eps_high(),
+                                                         clip_ratio_c=cfg.clip_ratio_c)
+            pg_loss = aggregate(per_token, m, cfg.loss_aggregation)
+            loss = pg_loss
+            if kl_coef > 0:
+                kl = aggregate(kl_penalty_per_token(logps, reference_logps[rows], cfg.kl_estimator), m, cfg.loss_aggregation)
+                loss = loss + kl_coef * kl
+                stats["kl"].append(float(kl))
+            self.accelerator.backward(loss * weight)
+            losses.append(float(loss))
+            stats["pg_loss"].append(float(pg_loss))
+            stats["clip_fraction"].append(float(clip_fraction))
+            if first:
+                stats["entropy"].append(float((entropy.detach() * m).sum() / m.sum().clamp(min=1)))
+        if divergence and self.presampled is not None and len(self.presampled.store):
+            dph = self._dph_backward(divergence)
+            stats["dph_loss"].append(dph)
+            losses.append(dph)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        grad_norm = self.accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+        finite = math.isfinite(float(grad_norm)) and all(math.isfinite(x) for x in losses)
+        if not finite:
+            self.optimizer.zero_grad(set_to_none=True)
+            self.nonfinite_in_a_row += 1
+            warnings.warn(f"step {self.step_index}: non-finite loss or gradient; update skipped "
+                          f"({self.nonfinite_in_a_row} in a row)")
+            if self.nonfinite_in_a_row >= cfg.max_nonfinite_steps:
+                raise NonFiniteError(
+                    f"{self.nonfinite_in_a_row} updates in a row had a non-finite loss or gradient; "
+                    "lower `lr`, raise `max_grad_norm` discipline (e.g. 0.5), or use dtype='float32'")
+            return False
+        self.nonfinite_in_a_row = 0
+        stats["grad_norm"].append(float(grad_norm))
+        self.optimizer.step()
+        self.scheduler.step()
+        return True
+
+    def _dph_backward(self, divergence: str) -> float:
+        """eta x token-mean divergence_per_token on stored pi_ref samples (DESIGN.md §1, step 2)."""
+        cfg, store = self.config, self.presampled.store
+        rng = random.Random(cfg.seed * 1_000_003 + self.step_index * 101 + self.accelerator.process_index)
+        indices = [rng.randrange(len(store)) for _ in range(cfg.reference_batch_size)]
+        total_tokens = sum(len(store.completion_ids[i]) for i in indices)
+        value = 0.0
+        for start in range(0, len(indices), cfg.micro_batch_size):
+            part = indices[start:start + cfg.micro_batch_size]
+            batch = store.batch(part, self.tokenizer.pad_token_id, self.device)
+            logps = sequence_logps(self.model, batch["prompt_ids"], batch["prompt_mask"], batch["completion_ids"],
+                                   batch["completion_mask"], temperature=cfg.temperature)  # (b, T)
+            per_token = divergence_per_token(logps, batch["reference_logps"], divergence, alpha=cfg.alpha)
+            m = batch["completion_mask"]
+            part_loss = (per_token * m).sum() / total_tokens  # token-mean over the whole reference batch
+            self.accelerator.backward(cfg.eta * part_loss)
+            value += float(part_loss)
+        return value
+
+    # --- evaluation ------------------------------------------------------------------------------
+    def evaluate(self, split: str = "test", base: bool = False, n: int | None = None) -> EvalResult:
+        """Pass@k, greedy accuracy and distinct solutions on a held-out split (``base``: adapters off)."""
+        cfg = self.config
+        rows = [dict(r, prompt=self.prompt_text(r)) for r in self.eval_rows(split)]
+        kwargs = dict(n=n or cfg.eval_n, ks=cfg.eval_ks, max_new_tokens=cfg.max_new_tokens,
+                      temperature=cfg.temperature, top_p=cfg.top_p, batch_size=cfg.generation_batch_size,
+                      seed=cfg.seed + 17, progress=cfg.progress and self.accelerator.is_main_process)
+        if base:
+            with reference_mode(self.policy):
+                return evaluate(self.policy, self.tokenizer, rows, self.task, **kwargs)
+        return evaluate(self.policy, self.tokenizer, rows, self.task, **kwargs)
+
+    # --- checkpoints -----------------------------------------------------------------------------
+    def save_checkpoint(self) -> Path | None:
+        if not self.accelerator.is_main_process:
+            return None
+        state = {"step": self.step_index, "data_state": dict(self.data_state),
+                 "nonfinite_in_a_row": self.nonfinite_in_a_row, "history": self.history,
+                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                 "rng": {"python": random.getstate(), "numpy": np.random.get_state(),
+                         "torch": torch.get_rng_state(), "generator": self.generator.get_state()}}
+
+        def fill(folder: Path) -> None:
+            self.policy.save_pretrained(folder / "adapter")
+            torch.save(state, folder / "state.pt")
+            self.config.to_yaml(folder / "config.yaml")
+
+        path = ckpt.save_folder(self.output_dir / f"checkpoint-{self.step_index:06d}", fill,
+                                meta={"step": self.step_index, "fingerprint": self.fingerprint})
+        ckpt.prune(self.output_dir, keep=2)
+        return path
+
+    def load_checkpoint(self, folder: str | Path) -> None:
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        folder = Path(folder)
+        if not ckpt.verify(folder):
+            raise ValueError(f"checkpoint {folder} is incomplete or corrupt (manifest check failed)")
+        set_peft_model_state_dict(self.policy, load_file(folder / "adapter" / "adapter_model.safetensors"))
+        state = torch.load(folder / "state.pt", weights_only=False)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step_index, self.data_state = state["step"], state["data_state"]
+        self.nonfinite_in_a_row, self.history = state["nonfinite_in_a_row"], state["history"]
+        random.setstate(state["rng"]["python"])
+        np.random.set_state(state["rng"]["numpy"])
+        torch.set_rng_state(state["rng"]["torch"])
+        self.generator.set_state(state["rng"]["generator"])
+        if self.accelerator.is_main_process:  # metrics.jsonl = exactly the steps up to the checkpoint
+            ckpt.atomic_write_text(self.output_dir / "metrics.jsonl",
+                                   "".join(json.dumps(m) + "\n" for m in self.history))
+
+    # --- the whole run ---------------------------------------------------------------------------
+    def train(self, resume: bool = True) -> list[dict]:
+        """Pre-sample (DPH), resume from the last complete checkpoint if any, train, evaluate."""
+        cfg = self.config
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        if self.accelerator.is_main_process:
+            cfg.to_yaml(self.output_dir / "config.yaml")
+        last = ckpt.latest_checkpoint(self.output_dir) if resume else None
+        if last is None and self.accelerator.is_main_process:
+            (self.output_dir / "metrics.jsonl").write_text("")
+        self.prepare_data()
+        if last is not None:
+            self.load_checkpoint(last)
+        bar = tqdm(total=cfg.steps, initial=self.step_index, desc=f"{cfg.method}{'+mara' if cfg.mara else ''}",
+                   disable=not (cfg.progress and self.accelerator.is_main_process))
+        while self.step_index < cfg.steps:
+            metrics = self.step()
+            bar.update(1)
+            bar.set_postfix(reward=f"{metrics['reward_mean']:.2f}", solved=f"{metrics['solve_rate']:.2f}")
+            if self.step_index % cfg.save_every == 0 or self.step_index == cfg.steps:
+                self.save_checkpoint()
+            if cfg.eval_every and self.step_index % cfg.eval_every == 0 and self.step_index < cfg.steps:
+                self._log_eval(self.evaluate("test", n=min(cfg.eval_n, 16)), "test", periodic=True)
+        bar.close()
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            self.policy.save_pretrained(self.output_dir / "adapter")
+        return self.history
+
+    def _log_eval(self, result: EvalResult, split: str, periodic: bool = False) -> dict:
+        summary = {"step": self.step_index, "split": split, **result.summary(self.config.eval_ks if not periodic else None)}
+        if self.accelerator.is_main_process:
+            with open(self.output_dir / "evals.jsonl", "a") as handle:
+                handle.write(json.dumps(summary) + "\n")
+        return summary
