@@ -25,12 +25,13 @@ and writes its README with the Pass@1 / Pass@64 / distinct-solution numbers meas
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 import os
 import random
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -43,7 +44,7 @@ SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<unk>")  # ids 0, 1, 2, 3
 CHARS = ("\n",) + tuple(chr(i) for i in range(32, 127))
 ASSET_DIR = Path(__file__).resolve().parent / "assets" / "tiny"
 SFT_SEED = 12345  # SFT problems: the "train" generator, but not the RL prompts' seed
-TINY_TASKS = ("countdown", "sql")
+MEASURE_PROMPTS, MEASURE_SAMPLES = 40, 64  # per split, per prompt (README numbers)
 
 
 def build_tokenizer(model_max_length: int = 256) -> PreTrainedTokenizerFast:
@@ -68,12 +69,24 @@ def build_tokenizer(model_max_length: int = 256) -> PreTrainedTokenizerFast:
     )
 
 
+def save_tokenizer(tokenizer: PreTrainedTokenizerFast, out_dir: str | Path) -> None:
+    """``save_pretrained``, naming the class ``PreTrainedTokenizerFast`` so transformers 4.x loads it too."""
+    tokenizer.save_pretrained(out_dir)
+    config_path = Path(out_dir) / "tokenizer_config.json"
+    config = json.loads(config_path.read_text())
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"  # transformers 5 writes "TokenizersBackend"
+    config_path.write_text(json.dumps(config, indent=2) + "\n")
+
+
 @dataclass
 class TinyConfig:
     """Everything that determines the tiny checkpoint (saved next to it as ``build_config``)."""
 
-    steps: int = 900
+    steps: int = 2000
     """Optimizer steps of supervised warm-start."""
+    schedule_steps: int | None = None
+    """Length of the learning-rate schedule (default: ``steps``); ``steps < schedule_steps`` stops
+    that schedule early, reproducing an intermediate checkpoint of the longer run exactly."""
     seed: int = 0
     """Seed for initialization, data order and the SFT problems (``SFT_SEED + seed``)."""
     hidden_size: int = 192
@@ -89,9 +102,9 @@ class TinyConfig:
     """Peak AdamW learning rate (linear warm-up, cosine decay to 10%)."""
     warmup_steps: int = 50
     weight_decay: float = 0.01
-    countdown_problems: int = 4000
+    countdown_problems: int = 7000
     """Distinct countdown problems in the SFT set."""
-    sql_problems: int = 2000
+    sql_problems: int = 1000
     """Distinct SQL problems in the SFT set."""
     per_problem: int = 8
     """Different correct solutions drawn per problem (``sft_examples``)."""
@@ -118,12 +131,13 @@ def tiny_model_config(cfg: TinyConfig, vocab_size: int) -> LlamaConfig:
 
 def sft_pairs(cfg: TinyConfig) -> list[tuple[str, str]]:
     """(prompt, completion) pairs from every tiny task, several correct solutions per problem."""
-    from dphrl_mini.tasks import countdown, sql
+    from dphrl_mini.tasks import get_task
 
     pairs: list[tuple[str, str]] = []
-    for task, n in ((countdown, cfg.countdown_problems), (sql, cfg.sql_problems)):
+    for name, n in (("countdown", cfg.countdown_problems), ("sql", cfg.sql_problems)):
         if n <= 0:
             continue
+        task = get_task(name)
         rows = task.make_dataset("train", n, seed=SFT_SEED + cfg.seed)
         pairs += task.sft_examples(rows, per_problem=cfg.per_problem, seed=SFT_SEED + cfg.seed)
     return pairs
@@ -169,7 +183,7 @@ def _collate(examples, index: list[int], pad_id: int):
     return input_ids, attention_mask, labels
 
 
-def train_tiny(cfg: TinyConfig, log_every: int = 50):
+def train_tiny(cfg: TinyConfig, log_every: int = 50, callback=None):
     """Build tokenizer + random model and run the supervised warm start; returns (model, tokenizer)."""
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
@@ -188,7 +202,7 @@ def train_tiny(cfg: TinyConfig, log_every: int = 50):
     def lr_at(step: int) -> float:  # linear warm-up, cosine decay to 10% of the peak
         if step < cfg.warmup_steps:
             return cfg.lr * (step + 1) / cfg.warmup_steps
-        progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+        progress = (step - cfg.warmup_steps) / max(1, (cfg.schedule_steps or cfg.steps) - cfg.warmup_steps)
         return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
     model.train()
@@ -208,6 +222,8 @@ def train_tiny(cfg: TinyConfig, log_every: int = 50):
             n = (step % log_every) + 1
             logger.info("step %d/%d loss %.4f (%.0fs)", step + 1, cfg.steps, running / n, time.time() - start)
             running = 0.0
+            if callback is not None:
+                callback(step + 1, model, tokenizer)
     model.eval()
     return model, tokenizer
 
@@ -216,16 +232,17 @@ def train_tiny(cfg: TinyConfig, log_every: int = 50):
 def sample_completions(model, tokenizer, prompts: list[str], n: int, max_new_tokens: int,
                        batch_size: int = 512, seed: int = 0) -> list[list[str]]:
     """``n`` completions per prompt at temperature 1 (no top-k/top-p), special tokens removed."""
-    torch.manual_seed(seed)
     flat = [p for p in prompts for _ in range(n)]
     texts: list[str] = []
-    for start in range(0, len(flat), batch_size):
-        enc = tokenizer(flat[start : start + batch_size], return_tensors="pt", padding=True)
-        out = model.generate(
-            **enc, do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=max_new_tokens,
-            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-        )
-        texts += tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+    with torch.random.fork_rng(devices=[]):  # seeded sampling without touching the caller's RNG
+        torch.manual_seed(seed)
+        for start in range(0, len(flat), batch_size):
+            enc = tokenizer(flat[start : start + batch_size], return_tensors="pt", padding=True)
+            out = model.generate(
+                **enc, do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=max_new_tokens,
+                pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+            )
+            texts += tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
     return [texts[i * n : (i + 1) * n] for i in range(len(prompts))]
 
 
@@ -260,9 +277,10 @@ def measure(model, tokenizer, n_prompts: int = 40, n: int = 64, seed: int = 0) -
 
 
 def _readme(cfg: TinyConfig, n_params: int, seconds: float, results: dict[str, dict] | None) -> str:
+    """The checkpoint's README: the command that rebuilds it, its size, and the measured metrics."""
     defaults = TinyConfig()
-    args = "".join(f" --{f.name.replace('_', '-')} {getattr(cfg, f.name)}" for f in fields(cfg)
-                   if f.name in ("steps", "seed") and getattr(cfg, f.name) != getattr(defaults, f.name))
+    args = "".join(f" --{name.replace('_', '-')} {getattr(cfg, name)}" for name in ("steps", "schedule_steps", "seed")
+                   if getattr(cfg, name) != getattr(defaults, name))
     lines = [
         "# dphrl-mini tiny model",
         "",
@@ -274,26 +292,23 @@ def _readme(cfg: TinyConfig, n_params: int, seconds: float, results: dict[str, d
         f"python -m dphrl_mini.tiny --out dphrl_mini/assets/tiny{args}",
         "```",
         "",
-        f"- parameters: {n_params:,}",
+        f"- parameters: {n_params:,} (float32 safetensors)",
         f"- training: {cfg.steps} steps x {cfg.batch_size} sequences, {seconds / 60:.1f} min on "
-        f"{cfg.num_threads} CPU threads",
+        f"{cfg.num_threads} CPU threads (shared with other jobs)",
         f"- build config: `{asdict(cfg)}`",
         "",
     ]
     if results:
-        n = next(k for k in next(iter(results.values())) if k.startswith("pass@") and k != "pass@1")
         lines += [
-            f"Measured at temperature 1.0 (no top-k/top-p) with {n[5:]} samples per prompt "
-            f"(`tiny.measure`, {MEASURE_PROMPTS} prompts per split):",
+            f"Measured after the build at temperature 1.0 (no top-k/top-p), {MEASURE_SAMPLES} samples for "
+            f"each of {MEASURE_PROMPTS} prompts per split (`tiny.measure`):",
             "",
-            f"| task/split | pass@1 | {n} | distinct correct / prompt |",
+            f"| task/split | pass@1 | pass@{MEASURE_SAMPLES} | distinct correct / prompt |",
             "|---|---|---|---|",
         ]
-        lines += [f"| {k} | {v['pass@1']:.3f} | {v[n]:.3f} | {v['distinct_correct']:.2f} |" for k, v in results.items()]
+        lines += [f"| {name} | {m['pass@1']:.3f} | {m[f'pass@{MEASURE_SAMPLES}']:.3f} | {m['distinct_correct']:.2f} |"
+                  for name, m in results.items()]
     return "\n".join(lines) + "\n"
-
-
-MEASURE_PROMPTS = 40
 
 
 def build_tiny_model(out_dir: str | Path, steps: int = TinyConfig.steps, seed: int = 0,
@@ -311,8 +326,8 @@ def build_tiny_model(out_dir: str | Path, steps: int = TinyConfig.steps, seed: i
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
-    results = measure(model, tokenizer, MEASURE_PROMPTS) if evaluate else None
+    save_tokenizer(tokenizer, out)
+    results = measure(model, tokenizer, MEASURE_PROMPTS, MEASURE_SAMPLES) if evaluate else None
     for name, metrics in (results or {}).items():
         logger.info("%s: %s", name, {k: round(v, 3) for k, v in metrics.items()})
     (out / "README.md").write_text(_readme(cfg, model.num_parameters(), seconds, results))
@@ -335,11 +350,13 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(ASSET_DIR), help="output directory")
     parser.add_argument("--steps", type=int, default=TinyConfig.steps)
+    parser.add_argument("--schedule-steps", type=int, default=None, help="lr schedule length (default: --steps)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-eval", action="store_true", help="skip the Pass@k measurement")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    build_tiny_model(args.out, steps=args.steps, seed=args.seed, evaluate=not args.no_eval)
+    build_tiny_model(args.out, steps=args.steps, seed=args.seed, evaluate=not args.no_eval,
+                     schedule_steps=args.schedule_steps)
 
 
 if __name__ == "__main__":

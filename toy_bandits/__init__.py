@@ -16,3 +16,7 @@ __all__ = [
     "crossover_beta", "mara_rewards", "mara_target", "coverage", "entropy", "pass_at_k",
     "optimal_policy",
 ]
+from .train import REGULARIZERS, TrainResult, exact_target, train_policy  # noqa: E402
+from .plots import (plot_mara_crossover, plot_pass_at_k, plot_policy_bars,  # noqa: E402
+                    plot_targets_vs_beta, plot_training)
+from .widgets import explorer, explorer_figure  # noqa: E402

@@ -38,7 +38,7 @@ import numpy as np
 
 from .divergences import DIVERGENCES, check_divergence
 
-_NEWTON_TOL = 1e-14
+_NEWTON_TOL = 1e-13
 _MAX_ITER = 200
 
 
@@ -109,10 +109,11 @@ def _g_inverse(y: np.ndarray, divergence: str, alpha: float) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- solvers
-def _newton_shift(d: np.ndarray, w: np.ndarray, divergence: str, alpha: float) -> np.ndarray:
-    """Root v (B,) of sum_y w(y) g(d(y) + v) = 1, for d (B, n) >= 0 with min 0 per row.
+def _newton_policy(d: np.ndarray, w: np.ndarray, divergence: str, alpha: float) -> np.ndarray:
+    """pi (B, n) = w g(d + v) / S with v the root of S(v) = sum_y w(y) g(d(y) + v) = 1.
 
-    Bracketed Newton on log S(v) against log v; bisection in log v when a step leaves the bracket.
+    d (B, n) >= 0 with min 0 per row. Bracketed Newton on log S against log v (bisection in log v
+    when a step leaves the bracket); each row keeps its last evaluation once |log S| < tol.
     """
     top = (d == 0) @ w                                         # (B,) mass on the best arms
     total_w = w.sum()
@@ -121,6 +122,7 @@ def _newton_shift(d: np.ndarray, w: np.ndarray, divergence: str, alpha: float) -
     v_lo = np.maximum(_g_inverse(1.0 / top, divergence, alpha), v_hi - (d @ w) / total_w)
     lo, hi = np.log(v_lo), np.log(v_hi)
     logv = lo.copy()
+    pi = np.broadcast_to(w / total_w, d.shape).copy()         # exact where every arm is best
     active = np.flatnonzero(hi > lo)
     for _ in range(_MAX_ITER):
         if active.size == 0:
@@ -133,6 +135,9 @@ def _newton_shift(d: np.ndarray, w: np.ndarray, divergence: str, alpha: float) -
         total = g @ w                                          # (A,)
         slope = v * (_g_prime(s, g, divergence, alpha) @ w) / total   # d log S / d log v < 0
         f = np.log(total)                                      # log S, decreasing in log v
+        done = np.abs(f) < _NEWTON_TOL
+        if done.any():
+            pi[active[done]] = g[done] * w / total[done, None]
         lo_a = np.where(f > 0, lv, lo_a)
         hi_a = np.where(f > 0, hi_a, lv)
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -140,9 +145,16 @@ def _newton_shift(d: np.ndarray, w: np.ndarray, divergence: str, alpha: float) -
         inside = (step > lo_a) & (step < hi_a)
         logv[active] = np.where(inside, step, 0.5 * (lo_a + hi_a))
         lo[active], hi[active] = lo_a, hi_a
-        done = (np.abs(f) < _NEWTON_TOL) | (hi_a - lo_a <= 1e-15 * np.abs(hi_a))
+        done |= hi_a - lo_a <= 1e-15 * np.abs(hi_a)            # bracket collapsed: evaluate below
+        stuck = active[done & ~(np.abs(f) < _NEWTON_TOL)]
+        if stuck.size:
+            g = w * _g(d[stuck] + np.exp(logv[stuck])[:, None], divergence, alpha)
+            pi[stuck] = g / g.sum(axis=1, keepdims=True)
         active = active[~done]
-    return np.exp(logv)
+    if active.size:                                            # _MAX_ITER reached (not seen)
+        g = w * _g(d[active] + np.exp(logv[active])[:, None], divergence, alpha)
+        pi[active] = g / g.sum(axis=1, keepdims=True)
+    return pi
 
 
 def _chi2_policy(delta: np.ndarray, w: np.ndarray, beta: np.ndarray) -> np.ndarray:
@@ -179,9 +191,7 @@ def kkt_policy(rewards: np.ndarray, weights: np.ndarray, beta: np.ndarray,
         if divergence == "chi2":
             p = _chi2_policy(delta, w, beta)
         else:
-            d = delta / beta[:, None]                          # (B, n)
-            v = _newton_shift(d, w, divergence, float(alpha))
-            p = w * _g(d + v[:, None], divergence, float(alpha))
+            p = _newton_policy(delta / beta[:, None], w, divergence, float(alpha))
     p = np.broadcast_to(p, (B, w.size))
     out = np.zeros((B, weights.size))
     out[:, on] = p / p.sum(axis=1, keepdims=True)

@@ -209,7 +209,8 @@ def _score_mean(idx, weights, pi):
 
 def train_policy(bandit, regularizer: str = "reverse_kl_k1", beta: float = 0.1, *,
                  alpha: float = 0.5, mara: bool = False, tau: float = 1.0, mara_variant: int = 1,
-                 steps: int = 2000, group_size: int = 16, lr: float = 0.05,
+                 steps: int = 2000, group_size: int = 16, reference_batch: int | None = None,
+                 lr: float = 0.05,
                  optimizer: str = "adam", estimator: str = "sample", advantage: str = "mean",
                  average_last: float = 0.2, lr_final_fraction: float = 0.05, seed: int = 0,
                  record_every: int = 10, progress: bool = False) -> TrainResult:
@@ -233,6 +234,9 @@ def train_policy(bandit, regularizer: str = "reverse_kl_k1", beta: float = 0.1, 
     """
     _check_args(regularizer, beta, alpha, mara_variant, steps, group_size, lr, optimizer,
                 estimator, advantage, record_every, average_last, mara)
+    reference_batch = group_size if reference_batch is None else reference_batch
+    if int(reference_batch) != reference_batch or reference_batch < 1:
+        raise ValueError(f"reference_batch={reference_batch!r} must be a positive integer")
     rewards = np.asarray(bandit.rewards, dtype=float)  # (A,)
     reference = np.asarray(bandit.reference, dtype=float)  # (A,)
     reference = reference / reference.sum()
@@ -297,7 +301,7 @@ def train_policy(bandit, regularizer: str = "reverse_kl_k1", beta: float = 0.1, 
             if regularizer == "reverse_kl_k3":
                 grad -= beta * _score_mean(idx, -np.expm1(-x), pi)  # d k3/dx = 1 - e^{-x}
             elif divergence is not None and regularizer != "reverse_kl_k1":
-                ridx = _sample(rng, reference_cdf, group_size)  # (G,) y_j ~ pi_ref (DPH)
+                ridx = _sample(rng, reference_cdf, reference_batch)  # (M,) y_j ~ pi_ref (DPH)
                 u = np.exp(log_pi[ridx] - reference_logps[ridx])
                 dloss = u * (generator_derivative(u, divergence, alpha) - f_prime_one)  # l'(x)
                 grad -= beta * _score_mean(ridx, dloss, pi)

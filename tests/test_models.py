@@ -1,0 +1,159 @@
+"""load_policy: LoRA wiring, the adapter-off reference, 4-bit on CPU, target checks, fingerprints."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+from transformers import AutoTokenizer, LlamaForCausalLM
+
+from dphrl_mini.models import count_parameters, load_policy, model_fingerprint, reference_mode
+from dphrl_mini.tiny import TinyConfig, build_tokenizer, tiny_model_config
+
+HAS_BNB = importlib.util.find_spec("bitsandbytes") is not None
+
+
+def _save_random_tiny(path, **overrides):
+    torch.manual_seed(0)
+    tokenizer = build_tokenizer()
+    model = LlamaForCausalLM(tiny_model_config(TinyConfig(**overrides), len(tokenizer)))
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    """A randomly initialized tiny model on disk (fast, independent of the committed checkpoint)."""
+    return _save_random_tiny(tmp_path_factory.mktemp("tiny_random"))
+
+
+@pytest.fixture(scope="module")
+def batch():
+    tokenizer = build_tokenizer()
+    return tokenizer(["3 5 7 -> 22:3*5+7", "1 2 -> 3:"], return_tensors="pt", padding=True)
+
+
+def _perturb_lora(model, scale=0.5):
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_" in name:
+                param.add_(scale * torch.randn_like(param))
+
+
+def test_only_lora_is_trainable(tiny_dir):
+    model, tokenizer = load_policy(str(tiny_dir), lora_rank=4, device="cpu")
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_A" in n or "lora_B" in n for n in trainable)
+    n_trainable, n_total = count_parameters(model)
+    assert n_trainable == sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert 0 < n_trainable < n_total
+    assert tokenizer.padding_side == "left" and tokenizer.pad_token_id is not None
+    assert next(model.parameters()).dtype == torch.float32  # dtype="auto" on CPU
+
+
+def test_reference_mode_is_the_base_model(tiny_dir, batch):
+    model, _ = load_policy(str(tiny_dir), device="cpu")
+    base = LlamaForCausalLM.from_pretrained(tiny_dir).eval()
+    model.eval()
+    with torch.no_grad():
+        base_logits = base(**batch).logits
+        assert torch.allclose(model(**batch).logits, base_logits, atol=1e-5)  # LoRA B starts at zero
+        _perturb_lora(model)
+        adapted = model(**batch).logits
+        assert not torch.allclose(adapted, base_logits, atol=1e-3)
+        with reference_mode(model):
+            assert torch.allclose(model(**batch).logits, base_logits, atol=1e-5)
+        assert torch.allclose(model(**batch).logits, adapted)  # adapters back on afterwards
+
+
+def test_adapter_path_round_trip(tiny_dir, batch, tmp_path):
+    model, _ = load_policy(str(tiny_dir), lora_rank=4, device="cpu")
+    _perturb_lora(model)
+    model.save_pretrained(tmp_path / "adapter")
+    reloaded, _ = load_policy(str(tiny_dir), adapter_path=tmp_path / "adapter", device="cpu")
+    model.eval(), reloaded.eval()
+    with torch.no_grad():
+        assert torch.allclose(model(**batch).logits, reloaded(**batch).logits, atol=1e-6)
+    assert count_parameters(reloaded)[0] == count_parameters(model)[0] > 0
+
+
+def test_explicit_and_bad_target_modules(tiny_dir):
+    model, _ = load_policy(str(tiny_dir), lora_target_modules=["q_proj", "v_proj"], device="cpu")
+    trainable = {n.split(".")[-4] for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {"q_proj", "v_proj"}
+    with pytest.raises(ValueError, match="lora_target_modules") as err:
+        load_policy(str(tiny_dir), lora_target_modules=["q_proj", "query_key_value"], device="cpu")
+    assert "query_key_value" in str(err.value) and "gate_proj" in str(err.value)
+
+
+def test_gradient_checkpointing_backward(tiny_dir, batch):
+    model, _ = load_policy(str(tiny_dir), gradient_checkpointing=True, device="cpu")
+    model.train()
+    loss = model(**batch, labels=batch["input_ids"]).loss
+    loss.backward()
+    grads = [p.grad for n, p in model.named_parameters() if "lora_B" in n]
+    assert grads and all(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+@pytest.mark.skipif(not HAS_BNB, reason="bitsandbytes not installed")
+def test_4bit_on_cpu_trains_lora(tiny_dir, batch):
+    model, tokenizer = load_policy(str(tiny_dir), quantization="4bit", device="cpu")
+    q_proj = model.get_base_model().model.layers[0].self_attn.q_proj.base_layer
+    assert type(q_proj).__name__ == "Linear4bit"
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    model.train()
+    for _ in range(2):  # lora_B starts at zero, so lora_A only moves from the second step on
+        out = model(**batch, labels=batch["input_ids"])
+        assert torch.isfinite(out.logits).all() and torch.isfinite(out.loss)
+        out.loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    after = dict(model.named_parameters())
+    assert all(not torch.equal(before[n], after[n]) for n in before)
+    # the 4-bit base is the same base: fingerprint as in full precision
+    full, _ = load_policy(str(tiny_dir), device="cpu")
+    assert model_fingerprint(model, tokenizer) == model_fingerprint(full, tokenizer)
+    trainable, total = count_parameters(model)
+    assert total == count_parameters(full)[1]  # packed 4-bit weights counted at full size
+
+
+def test_missing_bitsandbytes_is_a_clear_error(tiny_dir, monkeypatch):
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "bitsandbytes" else real_find_spec(name, *a))
+    with pytest.raises(ImportError, match="quantization.*pip install bitsandbytes"):
+        load_policy(str(tiny_dir), quantization="4bit", device="cpu")
+    with pytest.raises(ValueError, match="quantization"):
+        load_policy(str(tiny_dir), quantization="3bit", device="cpu")
+
+
+def test_fingerprint_tracks_config_vocab_and_weights(tiny_dir, tmp_path):
+    model, tokenizer = load_policy(str(tiny_dir), device="cpu")
+    again, tokenizer_again = load_policy(str(tiny_dir), lora_rank=4, device="cpu")
+    reference = model_fingerprint(model, tokenizer)
+    assert reference == model_fingerprint(again, tokenizer_again)  # adapters do not matter
+    assert len(reference) == 16
+
+    other_config = _save_random_tiny(tmp_path / "deeper", num_hidden_layers=3)
+    deeper, _ = load_policy(str(other_config), device="cpu")
+    assert model_fingerprint(deeper, tokenizer) != reference
+
+    bigger_vocab = AutoTokenizer.from_pretrained(tiny_dir)
+    bigger_vocab.add_tokens(["<extra>"])
+    assert model_fingerprint(model, bigger_vocab) != reference
+
+    with torch.no_grad():
+        model.get_base_model().get_input_embeddings().weight[0, 0] += 1.0  # "retrained" weights
+    assert model_fingerprint(model, tokenizer) != reference
+
+
+def test_tiny_name_resolves_to_the_builtin_model(batch):
+    model, tokenizer = load_policy("tiny", device="cpu")
+    assert tokenizer.bos_token == "<bos>" and tokenizer.padding_side == "left"
+    out = model.generate(**tokenizer(["3 5 7 -> 22:"], return_tensors="pt"), max_new_tokens=8,
+                         do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    assert out.shape[1] > 5

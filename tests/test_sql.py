@@ -1,0 +1,100 @@
+"""Text-to-SQL: generated databases, equivalent queries, execution match (hostile inputs: test_hostile_inputs.py)."""
+
+import hashlib
+import string
+
+import pytest
+
+from dphrl_mini.tasks import sql
+
+
+@pytest.fixture(scope="module")
+def db_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("sqldb")
+
+
+def test_databases_deterministic_and_cached(db_dir, tmp_path):
+    paths = sql.make_databases(db_dir, seed=3)
+    assert set(paths) == set(sql.FAMILIES)
+    again = sql.make_databases(tmp_path, seed=3)
+    digest = lambda p: hashlib.sha256(open(p, "rb").read()).hexdigest()  # noqa: E731
+    assert all(digest(paths[f]) == digest(again[f]) for f in paths)
+    other = sql.make_databases(tmp_path, seed=4)
+    assert digest(other["shop"]) != digest(paths["shop"])
+
+
+def test_every_equivalent_query_matches_gold(db_dir):
+    n_checked = 0
+    for split in ("train", "test", "ood"):
+        for row in sql.make_dataset(split, 60, seed=0, db_dir=db_dir):
+            queries = sql.equivalent_queries(row)
+            assert queries[0] == row["gold_sql"] and len(queries) >= 5 and len(set(queries)) == len(queries)
+            for query in queries:
+                assert len(query) <= sql.MAX_QUERY_CHARS and set(query) <= set(string.printable[:95])
+                assert sql.execution_match(row["db_path"], query, row["gold_sql"]), (row["question"], query)
+                n_checked += 1
+    assert n_checked > 2000
+
+
+def test_wrong_queries_do_not_match(db_dir):
+    for row in sql.make_dataset("train", 100, seed=1, db_dir=db_dir):
+        gold = row["gold_sql"]
+        table = gold.split(" FROM ")[1].split()[0]
+        select = gold.split(" FROM ")[0]
+        if not row["question"].startswith(("max", "average")):
+            assert not sql.execution_match(row["db_path"], f"{select} FROM {table}", gold)  # filter dropped
+        if " WHERE " in gold and " AND " not in gold and "ORDER" not in gold and "(" not in gold.split(" WHERE ")[1]:
+            negated = f"{gold.split(' WHERE ')[0]} WHERE NOT ({gold.split(' WHERE ')[1]})"
+            assert not sql.execution_match(row["db_path"], negated, gold), negated
+        assert not sql.execution_match(row["db_path"], "SELECT -1", gold)
+
+
+def test_result_comparison_semantics(db_dir):
+    db = sql.make_databases(db_dir)["shop"]
+    gold = "SELECT name FROM customers WHERE city='Rome'"
+    assert sql.execution_match(db, "select name from customers where city = 'Rome' ;", gold)
+    assert not sql.execution_match(db, "SELECT name, city FROM customers WHERE city='Rome'", gold)
+    assert not sql.execution_match(db, "SELECT DISTINCT city FROM customers", "SELECT city FROM customers")  # multiset
+    assert sql.execution_match(db, "SELECT 2.0", "SELECT 2")
+    assert sql.execution_match(db, "SELECT 1.0/3", "SELECT 0.3333333")
+    ordered = "SELECT name FROM customers ORDER BY age, id"
+    assert sql.execution_match(db, "SELECT name FROM customers ORDER BY age ASC, id", ordered)
+    assert not sql.execution_match(db, "SELECT name FROM customers ORDER BY age DESC, id DESC", ordered)
+    assert sql.execution_match(db, "SELECT name FROM customers ORDER BY id", "SELECT name FROM customers")
+    assert not sql.execution_match(db, "SELECT name FROM customers", "SELECT name FROM customers", max_rows=5)
+
+
+def test_datasets_deterministic_disjoint_and_well_formed(db_dir):
+    train = sql.make_dataset("train", 2000, seed=0, db_dir=db_dir)
+    assert train == sql.make_dataset("train", 2000, seed=0, db_dir=db_dir)
+    assert train != sql.make_dataset("train", 2000, seed=1, db_dir=db_dir)
+    test = sql.make_dataset("test", 300, seed=0, db_dir=db_dir)
+    ood = sql.make_dataset("ood", 300, seed=0, db_dir=db_dir)
+    assert not {r["prompt"] for r in train} & {r["prompt"] for r in test}
+    assert all(r["prompt"].startswith("hospital | ") for r in ood)
+    assert not any(r["prompt"].startswith("hospital") for r in train + test)
+    assert len({r["id"] for r in train + test + ood}) == len(train + test + ood)
+    for row in train + test + ood:
+        assert set(row) == {"id", "prompt", "db_path", "gold_sql", "question"}
+        assert len(row["prompt"]) < 80 and set(row["prompt"]) <= set(string.printable[:95])
+    with pytest.raises(ValueError):
+        sql.make_dataset("dev", 2, db_dir=db_dir)
+    with pytest.raises(ValueError):
+        sql.make_dataset("test", 10**6, db_dir=db_dir)
+
+
+def test_sft_examples_and_reward(db_dir):
+    rows = sql.make_dataset("train", 30, seed=0, db_dir=db_dir)
+    pairs = sql.sft_examples(rows, per_problem=5, seed=0)
+    assert pairs == sql.sft_examples(rows, per_problem=5, seed=0)
+    assert len(pairs) == 5 * len(rows)
+    for row in rows:
+        completions = [c for p, c in pairs if p == row["prompt"]]
+        assert len(set(completions)) == 5
+    completions = [c for _, c in pairs]
+    columns = {k: [r[k] for r in rows for _ in range(5)] for k in ("db_path", "gold_sql", "question")}
+    assert sql.reward([p for p, _ in pairs], completions, **columns) == [1.0] * len(pairs)
+    wrong = ["SELECT name FROM customers WHERE 1=0"] * len(pairs)
+    assert sum(sql.reward([p for p, _ in pairs], wrong, **columns)) < len(pairs)
+    assert sql.solution_key("SELECT  name\tFROM t ;") == "SELECT name FROM t"
+    assert sql.extract_answer("<answer>SELECT 1</answer>") == "SELECT 1"

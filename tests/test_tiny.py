@@ -1,0 +1,88 @@
+"""The tiny model: character tokenizer, SFT batches, the committed checkpoint, and the builder."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from dphrl_mini import tiny
+from dphrl_mini.tasks import countdown
+
+TEXT = "3 5 7 -> 22:(7+5)*3-14\n ~{}|"
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return tiny.build_tokenizer()
+
+
+def test_tokenizer_is_character_level_with_bos(tokenizer):
+    ids = tokenizer(TEXT)["input_ids"]
+    assert ids[0] == tokenizer.bos_token_id == 1
+    assert len(ids) == len(TEXT) + 1  # one token per character
+    assert tokenizer.convert_ids_to_tokens(ids[1:4]) == ["3", " ", "5"]
+    assert tokenizer.decode(ids, skip_special_tokens=True) == TEXT
+    assert len(tokenizer) == 4 + 1 + 95  # specials, "\n", printable ASCII
+    assert (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id) == (0, 2, 3)
+    assert tokenizer("é")["input_ids"] == [1, tokenizer.unk_token_id]
+
+
+def test_tokenizer_saves_and_reloads_with_autotokenizer(tokenizer, tmp_path):
+    tiny.save_tokenizer(tokenizer, tmp_path)
+    reloaded = AutoTokenizer.from_pretrained(tmp_path)
+    assert reloaded(TEXT)["input_ids"] == tokenizer(TEXT)["input_ids"]
+    assert reloaded.padding_side == "left" and reloaded.eos_token == "<eos>"
+    batch = reloaded(["ab", "abcd"], padding=True)
+    assert batch["input_ids"][0][:2] == [reloaded.pad_token_id] * 2  # left padding
+    assert batch["attention_mask"][0] == [0, 0, 1, 1, 1]
+    assert reloaded.decode(batch["input_ids"][0], skip_special_tokens=True) == "ab"
+
+
+def test_sft_batches_mask_the_prompt(tokenizer):
+    pairs = [("1 2 -> 3:", "1+2"), ("2 2 -> 4:", "2*2")]
+    examples = tiny.encode_pairs(tokenizer, pairs, max_length=64)
+    ids, n_prompt = examples[0]
+    assert ids[0] == tokenizer.bos_token_id and ids[-1] == tokenizer.eos_token_id
+    assert n_prompt == 1 + len("1 2 -> 3:")
+    input_ids, attention_mask, labels = tiny._collate(examples, [0, 1], tokenizer.pad_token_id)
+    assert (labels[0, :n_prompt] == -100).all()
+    assert tokenizer.decode(labels[0, n_prompt:]) == "1+2<eos>"  # completion and EOS are trained
+    assert attention_mask.sum().item() == sum(len(e[0]) for e in examples)
+
+
+def test_committed_checkpoint_loads_and_generates():
+    path = tiny.tiny_model_path()
+    assert path == tiny.ASSET_DIR, "the tiny checkpoint must be committed in dphrl_mini/assets/tiny"
+    size = sum(f.stat().st_size for f in path.iterdir())
+    assert size <= 10 * 2**20
+    assert (path / "README.md").read_text().count("python -m dphrl_mini.tiny") == 1
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    assert model.config.num_key_value_heads < model.config.num_attention_heads  # GQA
+    assert 5e5 < model.num_parameters() < 3e6
+    enc = tokenizer(["3 5 7 -> 22:"], return_tensors="pt")
+    out = model.generate(**enc, max_new_tokens=16, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    completion = tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    assert completion and set(completion) <= set("0123456789+-*/()")
+
+
+def test_committed_checkpoint_is_broad():
+    """Sampling at temperature 1 finds correct countdown answers, and different ones per prompt."""
+    path = tiny.tiny_model_path()
+    tokenizer, model = AutoTokenizer.from_pretrained(path), AutoModelForCausalLM.from_pretrained(path).eval()
+    rows = countdown.make_dataset("test", 8, seed=1)
+    metrics = tiny.sample_metrics(model, tokenizer, countdown, rows, n=32, max_new_tokens=20)
+    assert 0.02 < metrics["pass@1"] < 0.9  # some skill, not collapsed onto one answer
+    assert metrics["pass@32"] > metrics["pass@1"]
+    assert metrics["distinct_correct"] > 1.0
+
+
+@pytest.mark.slow
+def test_build_tiny_model_smoke(tmp_path):
+    out = tiny.build_tiny_model(tmp_path / "tiny", steps=20, countdown_problems=40, sql_problems=20,
+                                per_problem=2, batch_size=8)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert torch.isfinite(model(**tokenizer(["1 2 -> 3:"], return_tensors="pt")).logits).all()
+    assert "--steps 20" in (out / "README.md").read_text()
