@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -81,6 +82,14 @@ def verify(folder: str | Path) -> bool:
         return False
 
 
+def _test_pause() -> None:
+    """Test hook: ``DPHRL_TEST_SLOW_SAVE=seconds`` pauses between the stages of a save, so that the
+    kill-and-resume test (tests/test_reliability.py) can land a SIGKILL inside one."""
+    delay = os.environ.get("DPHRL_TEST_SLOW_SAVE")
+    if delay:
+        time.sleep(float(delay))
+
+
 def save_folder(final: str | Path, fill: Callable[[Path], Any], meta: dict[str, Any] | None = None) -> Path:
     """Write a folder atomically: ``fill(tmp_folder)``, add the manifest, rename into place."""
     final = Path(final)
@@ -88,11 +97,14 @@ def save_folder(final: str | Path, fill: Callable[[Path], Any], meta: dict[str, 
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
     try:
         fill(tmp)
+        _test_pause()
         write_manifest(tmp, meta)
+        _test_pause()
         for p in tmp.rglob("*"):
             if p.is_file():
                 with open(p, "rb+") as handle:
                     os.fsync(handle.fileno())
+        _test_pause()
         if final.exists():  # an older copy of the same step: move it aside, then drop it
             stale = final.with_name(f".{final.name}.stale")
             shutil.rmtree(stale, ignore_errors=True)

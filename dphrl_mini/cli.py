@@ -91,7 +91,7 @@ def cmd_eval(args) -> None:
 
 
 def cmd_compare(args) -> None:
-    from .experiments import compare, format_table
+    from .experiments import compare
 
     cfg = config_from_args(args)
     variants: dict[str, dict[str, Any]] = {}
@@ -105,8 +105,26 @@ def cmd_compare(args) -> None:
             overrides[key] = _parse_value(value)
         variants[spec.replace(":", "_").replace(",", "_").replace("=", "")] = overrides
     rows = compare(cfg, variants, seeds=args.seeds, out_dir=args.out, splits=args.splits)
-    for split in args.splits:
-        print(f"\n{split}:\n" + format_table(rows, split))
+    _save_compare_report(rows, Path(args.out), args.splits)
+
+
+def _save_compare_report(rows: list[dict], out: Path, splits: list[str]) -> None:
+    """Print the tables; save Pass@k curves and the table (Markdown) with the command that made them."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from .experiments import format_table
+    from .plots import plot_pass_at_k_curves
+
+    command = "dphrl-mini " + " ".join(sys.argv[1:])
+    report = [f"Regenerate with:\n\n    {command}\n"]
+    for split in splits:
+        table = format_table(rows, split)
+        print(f"\n{split}:\n{table}")
+        report.append(f"## {split}\n\n{table}\n")
+        fig = plot_pass_at_k_curves(out, split=split)
+        fig.savefig(out / f"pass_at_k_{split}.png", dpi=120, bbox_inches="tight")
+    (out / "RESULTS.md").write_text("\n".join(report))
 
 
 def _parse_value(text: str) -> Any:

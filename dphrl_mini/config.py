@@ -92,6 +92,11 @@ class TrainConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     generation_batch_size: int = 512
+    rollout_engine: str = "auto"
+    """Sampler (dphrl_mini/engine.py): "plain" (rollout.generate on the PEFT model), "merged" (a copy
+    with LoRA folded into the weights, refreshed each rollout), "static" (merged + static KV cache +
+    CUDA-graph decode, CUDA only; falls back to "merged" elsewhere) or "auto" (static on CUDA,
+    merged otherwise)."""
 
     # --- optimization ----------------------------------------------------------------------------
     steps: int = 100
@@ -181,6 +186,8 @@ class TrainConfig:
             bad("lr", "a learning rate in (0, 1), e.g. 1e-5 for real models, 2e-4 for the tiny one")
         if self.eps_low < 0 or self.method_eps_high() < 0:
             bad("eps_low", "clip ranges must be >= 0")
+        if self.rollout_engine not in ("plain", "merged", "static", "auto"):
+            bad("rollout_engine", "use 'plain', 'merged', 'static' or 'auto'")
         if self.kl_estimator not in ("k1", "k2", "k3"):
             bad("kl_estimator", "use 'k1', 'k2' or 'k3'")
         if self.loss_aggregation not in ("token_mean", "sequence_mean"):
@@ -222,7 +229,7 @@ class TrainConfig:
 PRESETS: dict[str, dict[str, Any]] = {
     # The built-in tiny model on a CPU: a run takes minutes.
     "tiny-cpu": dict(model="tiny", task="countdown", num_generations=16, prompts_per_step=16,
-                     max_new_tokens=24, steps=100, lr=2e-4, lora_rank=16, lora_alpha=32,
+                     max_new_tokens=24, steps=100, lr=2e-4, presample_k=16, presample_threshold=0.25, lora_rank=16, lora_alpha=32,
                      eta=1.0, reference_batch_size=64, eval_n=64, micro_batch_size=256),
     # One Colab-class GPU: a 0.5B-1.5B instruct model in 4-bit with LoRA on GSM8K-style data.
     "one-gpu-qlora": dict(model="Qwen/Qwen2.5-0.5B-Instruct", quantization="4bit", task="math",

@@ -73,6 +73,32 @@ def summary_row(name: str, seed: int, split: str, result: EvalResult, base: Eval
     return row
 
 
+def parse_variants(specs: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """``compare`` variants from the CLI's spec strings, named as ``dphrl-mini compare`` names them:
+    ``"dph_js:eta=2"`` -> ``{"dph_js_eta2": {"method": "dph_js", "eta": 2}}``; ``"+mara"`` after the
+    method switches MARA on (``"grpo+mara:mara_beta=0.1"`` -> ``grpo+mara_mara_beta0.1``)."""
+    variants: dict[str, dict[str, Any]] = {}
+    for spec in specs:
+        name, _, rest = spec.partition(":")
+        overrides: dict[str, Any] = {"method": name.split("+")[0]}
+        if "+mara" in name:
+            overrides["mara"] = True
+        for item in filter(None, rest.split(",")):
+            key, _, value = item.partition("=")
+            overrides[key] = _parse_value(value)
+        variants[spec.replace(":", "_").replace(",", "_").replace("=", "")] = overrides
+    return variants
+
+
+def _parse_value(text: str) -> Any:
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False, "none": None}.get(text.lower(), text)
+
+
 def compare(base_config: TrainConfig, variants: dict[str, dict[str, Any]], seeds: Iterable[int] = (0,),
             out_dir: str | Path = "results/compare", splits: Iterable[str] = ("test", "ood"),
             reuse: bool = True) -> list[dict[str, Any]]:

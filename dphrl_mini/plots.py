@@ -7,6 +7,7 @@ Inputs are what the trainer writes: ``metrics.jsonl`` histories (or the list of 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Iterable, Mapping
 
@@ -123,12 +124,23 @@ def plot_metric_bars(rows: list[dict], metric: str = "distinct_correct", split: 
     return fig
 
 
+SWEPT_FIELDS = ("eta", "kl_coef", "mara_beta")
+_SWEEP_SUFFIX = re.compile(r"_(?:%s)[-+0-9.e]*$" % "|".join(SWEPT_FIELDS))
+
+
+def sweep_family(name: str) -> str:
+    """The method a swept variant belongs to: the name without its trailing coefficient, in the
+    CLI's naming (``dph_js_eta2`` -> ``dph_js``, ``rkl_kl_coef0.05`` -> ``rkl``,
+    ``grpo+mara_mara_beta0.1`` -> ``grpo+mara``)."""
+    return _SWEEP_SUFFIX.sub("", name)
+
+
 def plot_pareto(rows: list[dict], x: str = "pass@1", y: str = "pass@64", split: str = "test",
                 group: callable = None) -> plt.Figure:
     """Pass@1 against Pass@k, one point per run (method x coefficient), lines within a method."""
     from .experiments import aggregate_rows
 
-    group = group or (lambda name: name.split("_eta")[0].split("_kl_coef")[0])
+    group = group or sweep_family
     table = [r for r in aggregate_rows(rows) if r["split"] == split and x in r and y in r]
     fig, ax = plt.subplots(figsize=(6, 4.5))
     families: dict[str, list[dict]] = {}

@@ -110,6 +110,8 @@ class TinyConfig:
     """Different correct solutions drawn per problem (``sft_examples``)."""
     num_threads: int = 2
     """``torch.set_num_threads``: the build must fit a small shared CPU."""
+    init_from: str | None = None
+    """Start from this checkpoint instead of random weights (a second, SQL-heavier stage)."""
 
 
 def tiny_model_config(cfg: TinyConfig, vocab_size: int) -> LlamaConfig:
@@ -188,7 +190,10 @@ def train_tiny(cfg: TinyConfig, log_every: int = 50, callback=None):
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
     tokenizer = build_tokenizer(cfg.max_position_embeddings)
-    model = LlamaForCausalLM(tiny_model_config(cfg, len(tokenizer)))
+    if cfg.init_from:
+        model = LlamaForCausalLM.from_pretrained(cfg.init_from, dtype=torch.float32)
+    else:
+        model = LlamaForCausalLM(tiny_model_config(cfg, len(tokenizer)))
     examples = encode_pairs(tokenizer, sft_pairs(cfg), cfg.max_position_embeddings)
     logger.info("tiny: %d SFT sequences, %d parameters", len(examples), model.num_parameters())
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
@@ -279,7 +284,8 @@ def measure(model, tokenizer, n_prompts: int = 40, n: int = 64, seed: int = 0) -
 def _readme(cfg: TinyConfig, n_params: int, seconds: float, results: dict[str, dict] | None) -> str:
     """The checkpoint's README: the command that rebuilds it, its size, and the measured metrics."""
     defaults = TinyConfig()
-    args = "".join(f" --{name.replace('_', '-')} {getattr(cfg, name)}" for name in ("steps", "schedule_steps", "seed")
+    args = "".join(f" --{name.replace('_', '-')} {getattr(cfg, name)}" for name in ("steps", "schedule_steps", "seed", "init_from",
+                                                                     "countdown_problems", "sql_problems", "lr")
                    if getattr(cfg, name) != getattr(defaults, name))
     lines = [
         "# dphrl-mini tiny model",
@@ -352,11 +358,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=TinyConfig.steps)
     parser.add_argument("--schedule-steps", type=int, default=None, help="lr schedule length (default: --steps)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--init-from", default=None, help="continue from this checkpoint (stage 2)")
+    parser.add_argument("--countdown-problems", type=int, default=TinyConfig.countdown_problems)
+    parser.add_argument("--sql-problems", type=int, default=TinyConfig.sql_problems)
+    parser.add_argument("--lr", type=float, default=TinyConfig.lr)
     parser.add_argument("--no-eval", action="store_true", help="skip the Pass@k measurement")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     build_tiny_model(args.out, steps=args.steps, seed=args.seed, evaluate=not args.no_eval,
-                     schedule_steps=args.schedule_steps)
+                     schedule_steps=args.schedule_steps, init_from=args.init_from,
+                     countdown_problems=args.countdown_problems, sql_problems=args.sql_problems, lr=args.lr)
 
 
 if __name__ == "__main__":

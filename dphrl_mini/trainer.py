@@ -6,7 +6,7 @@ One step (``Trainer.step``):
 3. [MARA] augment each group's rewards with the anchor rule (``toy_bandits.mara_rewards``,
    sequence log-probs from the online reference = the same model with adapters disabled);
 4. group-normalized advantages; then ``updates_per_step`` optimizer updates, each on a mini-batch
-   of groups, minimizing ``losses.rl_loss`` terms: clipped surrogate (+ reverse-KL penalty for rkl)
+   of groups, minimizing the ``losses`` terms: clipped surrogate (+ reverse-KL penalty for rkl)
    on the rollouts, plus ``eta`` times the DPH divergence on a batch of stored reference samples.
 
 Departures from the released verl code (DPH-RL notes §1.3-1.4): the reference batch is its own
@@ -39,11 +39,12 @@ from toy_bandits.mara import mara_rewards
 from . import checkpoint as ckpt
 from .config import TrainConfig
 from .data import PresampleResult, presample, reward_columns
+from .engine import RolloutEngine
 from .evaluate import EvalResult, evaluate
 from .losses import aggregate, clipped_surrogate, divergence_per_token, group_advantages, kl_penalty_per_token
 from .models import load_policy, model_fingerprint, reference_mode
 from .rewards import score_completions
-from .rollout import Rollout, generate, sequence_logps
+from .rollout import Rollout, sequence_logps
 from .tasks import get_task
 
 OOM_HINT = ("out of GPU memory: lower `micro_batch_size` or `generation_batch_size`, shorten "
@@ -100,6 +101,7 @@ class Trainer:
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda u: self._lr_factor(u, total_updates))
         self.model, self.optimizer, self.scheduler = self.accelerator.prepare(model, optimizer, scheduler)
         self.policy = self.accelerator.unwrap_model(self.model)  # for sampling and saving
+        self.engine = RolloutEngine(self.policy, cfg.rollout_engine)  # rollouts (engine.py)
         self.device = self.accelerator.device
         self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed * 7919 + self.accelerator.process_index)
         self.step_index = 0
@@ -198,9 +200,9 @@ class Trainer:
         G, t0 = cfg.num_generations, time.perf_counter()
         rows = self.next_rows(cfg.prompts_per_step)[acc.process_index::acc.num_processes]
         prompts = [self.prompt_text(r) for r in rows]
-        rollout = generate(self.policy, self.tokenizer, prompts, num_generations=G,
-                           max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                           batch_size=cfg.generation_batch_size, generator=self.generator)
+        rollout = self.engine.generate(self.tokenizer, prompts, num_generations=G,
+                                       max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                                       batch_size=cfg.generation_batch_size, generator=self.generator)
         rollout = _to_device(rollout, self.device)
         t_rollout = time.perf_counter() - t0
         raw_rewards, reward_errors = score_completions(
@@ -234,6 +236,7 @@ class Trainer:
             if not self._update(rollout, batch_rows, advantages, old_logps, reference_logps, stats, update == 0):
                 skipped += 1
         self.step_index += 1
+        self.nonfinite_in_a_row = self.nonfinite_in_a_row + 1 if skipped else 0
 
         group_rewards = torch.tensor(raw_rewards).view(-1, G)
         metrics = {
@@ -256,6 +259,11 @@ class Trainer:
                 handle.write(json.dumps(metrics) + "\n")
         for callback in self.callbacks:
             callback(metrics)
+        if self.nonfinite_in_a_row >= cfg.max_nonfinite_steps:  # the step is logged first
+            raise NonFiniteError(
+                f"{self.nonfinite_in_a_row} steps in a row (max_nonfinite_steps={cfg.max_nonfinite_steps}) had a "
+                "non-finite loss or gradient and were skipped; lower `lr` or `max_grad_norm` (e.g. 0.5), use "
+                "dtype='float32', or check the reward function for NaN/inf")
         return metrics
 
     def _update(self, rollout, batch_rows, advantages, old_logps, reference_logps, stats, first: bool) -> bool:
@@ -281,10 +289,10 @@ class Trainer:
             if kl_coef > 0:
                 kl = aggregate(kl_penalty_per_token(logps, reference_logps[rows], cfg.kl_estimator), m, cfg.loss_aggregation)
                 loss = loss + kl_coef * kl
-                stats["kl"].append(float(kl))
+                stats["kl"].append(float(kl.detach()))
             self.accelerator.backward(loss * weight)
-            losses.append(float(loss))
-            stats["pg_loss"].append(float(pg_loss))
+            losses.append(float(loss.detach()))
+            stats["pg_loss"].append(float(pg_loss.detach()))
             stats["clip_fraction"].append(float(clip_fraction))
             if first:
                 stats["entropy"].append(float((entropy.detach() * m).sum() / m.sum().clamp(min=1)))
@@ -295,17 +303,10 @@ class Trainer:
         params = [p for p in self.model.parameters() if p.requires_grad]
         grad_norm = self.accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
         finite = math.isfinite(float(grad_norm)) and all(math.isfinite(x) for x in losses)
-        if not finite:
+        if not finite:  # counted per step in _step (max_nonfinite_steps)
             self.optimizer.zero_grad(set_to_none=True)
-            self.nonfinite_in_a_row += 1
-            warnings.warn(f"step {self.step_index}: non-finite loss or gradient; update skipped "
-                          f"({self.nonfinite_in_a_row} in a row)")
-            if self.nonfinite_in_a_row >= cfg.max_nonfinite_steps:
-                raise NonFiniteError(
-                    f"{self.nonfinite_in_a_row} updates in a row had a non-finite loss or gradient; "
-                    "lower `lr`, raise `max_grad_norm` discipline (e.g. 0.5), or use dtype='float32'")
+            warnings.warn(f"step {self.step_index + 1}: non-finite loss or gradient; update skipped")
             return False
-        self.nonfinite_in_a_row = 0
         stats["grad_norm"].append(float(grad_norm))
         self.optimizer.step()
         self.scheduler.step()
@@ -327,7 +328,7 @@ class Trainer:
             m = batch["completion_mask"]
             part_loss = (per_token * m).sum() / total_tokens  # token-mean over the whole reference batch
             self.accelerator.backward(cfg.eta * part_loss)
-            value += float(part_loss)
+            value += float(part_loss.detach())
         return value
 
     # --- evaluation ------------------------------------------------------------------------------
@@ -338,10 +339,8 @@ class Trainer:
         kwargs = dict(n=n or cfg.eval_n, ks=cfg.eval_ks, max_new_tokens=cfg.max_new_tokens,
                       temperature=cfg.temperature, top_p=cfg.top_p, batch_size=cfg.generation_batch_size,
                       seed=cfg.seed + 17, progress=cfg.progress and self.accelerator.is_main_process)
-        if base:
-            with reference_mode(self.policy):
-                return evaluate(self.policy, self.tokenizer, rows, self.task, **kwargs)
-        return evaluate(self.policy, self.tokenizer, rows, self.task, **kwargs)
+        with self.engine.sampling_model(adapters=not base) as model:  # base: adapters off
+            return evaluate(model, self.tokenizer, rows, self.task, **kwargs)
 
     # --- checkpoints -----------------------------------------------------------------------------
     def save_checkpoint(self) -> Path | None:
@@ -397,6 +396,9 @@ class Trainer:
         self.prepare_data()
         if last is not None:
             self.load_checkpoint(last)
+        else:  # same RNG state whether pre-sampling ran now or was loaded from an earlier attempt
+            set_seed(cfg.seed + self.accelerator.process_index)
+            self.generator.manual_seed(cfg.seed * 7919 + self.accelerator.process_index)
         bar = tqdm(total=cfg.steps, initial=self.step_index, desc=f"{cfg.method}{'+mara' if cfg.mara else ''}",
                    disable=not (cfg.progress and self.accelerator.is_main_process))
         while self.step_index < cfg.steps:

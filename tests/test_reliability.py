@@ -1,0 +1,305 @@
+"""What a long run survives: raising reward functions, non-finite losses, SIGKILL at any moment
+(including inside a checkpoint save), bad configurations, out-of-memory, and a corrupt or foreign
+reference store. Each failure is either absorbed and counted or stopped with a message that names
+the knob to turn."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import dphrl_mini.trainer as trainer_module
+from dphrl_mini import checkpoint as ckpt
+from dphrl_mini.config import preset_config
+from dphrl_mini.data import PresampleResult, ReferenceStore
+from dphrl_mini.trainer import NonFiniteError, Trainer
+
+torch.set_num_threads(1)
+ROOT = Path(__file__).resolve().parents[1]
+TIMING = ("time_rollout", "time_update", "time_step", "rollout_tokens_per_s")
+TINY = dict(steps=2, train_size=8, prompts_per_step=2, num_generations=4, max_new_tokens=10, eval_size=2,
+            ood_size=2, eval_n=4, eval_ks=[1, 2, 4], presample_k=4, presample_threshold=0.0,
+            reference_batch_size=4, progress=False, lr=1e-2, updates_per_step=2, device="cpu")
+
+
+def tiny_config(tmp_path, **overrides):
+    return preset_config("tiny-cpu", **{**TINY, "output_dir": str(tmp_path), **overrides})
+
+
+def lora_params(trainer):
+    return {n: p.detach().clone() for n, p in trainer.policy.named_parameters() if p.requires_grad}
+
+
+# --- (a) reward functions that raise ----------------------------------------------------------------
+class FlakyReward:
+    """Raises on the whole batch and on every third single completion; scores 1 otherwise."""
+
+    def __init__(self):
+        self.single_calls = 0
+        self.expected_errors = 0
+
+    def __call__(self, prompts, completions, **columns):
+        if len(completions) > 1:
+            self.expected_errors += -(-len(completions) // 3)  # the per-completion retries that will fail
+            raise ZeroDivisionError("batch call fails")
+        self.single_calls += 1
+        if self.single_calls % 3 == 1:
+            raise KeyError("bad completion")
+        return [1.0]
+
+
+def test_raising_reward_scores_zero_and_is_counted(tmp_path):
+    flaky = FlakyReward()
+    trainer = Trainer(tiny_config(tmp_path, method="grpo"), reward_fns=[flaky])
+    history = trainer.train()
+    assert len(history) == 2  # training went on
+    errors = [m["reward_errors"] for m in history]
+    assert sum(errors) == flaky.expected_errors > 0
+    n = TINY["prompts_per_step"] * TINY["num_generations"]
+    for m, e in zip(history, errors):  # failed completions score 0, the others 1
+        assert m["reward_mean"] == pytest.approx((n - e) / n)
+    logged = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [m["reward_errors"] for m in logged] == errors
+
+    strict = Trainer(tiny_config(tmp_path / "strict", method="grpo", fail_fast=True), reward_fns=[FlakyReward()])
+    with pytest.raises(ZeroDivisionError):
+        strict.train()
+
+
+# --- (b) non-finite losses ----------------------------------------------------------------------------
+def test_nonfinite_updates_are_skipped_then_the_run_stops(tmp_path, monkeypatch):
+    real = trainer_module.group_advantages
+    calls = {"n": 0}
+
+    def nan_on_second_step(rewards, group_size, **kw):
+        calls["n"] += 1
+        out = real(rewards, group_size, **kw)
+        return out * float("nan") if calls["n"] == 2 else out
+
+    monkeypatch.setattr(trainer_module, "group_advantages", nan_on_second_step)
+    trainer = Trainer(tiny_config(tmp_path, method="dph_js", steps=3, max_nonfinite_steps=2))
+    trainer.output_dir.mkdir(parents=True, exist_ok=True)
+    trainer.prepare_data()
+    assert trainer.step()["skipped_updates"] == 0
+    before = lora_params(trainer)
+    with pytest.warns(UserWarning, match="non-finite"):
+        metrics = trainer.step()
+    assert metrics["skipped_updates"] == trainer.config.updates_per_step
+    assert trainer.nonfinite_in_a_row == 1
+    assert all(torch.equal(before[n], p) for n, p in lora_params(trainer).items()), "a skipped update moved weights"
+    assert trainer.step()["skipped_updates"] == 0 and trainer.nonfinite_in_a_row == 0  # the count resets
+
+    monkeypatch.setattr(trainer_module, "group_advantages",
+                        lambda rewards, group_size, **kw: torch.full_like(rewards, float("nan")))
+    trainer = Trainer(tiny_config(tmp_path / "stop", method="grpo", steps=10, max_nonfinite_steps=3))
+    with pytest.warns(UserWarning, match="non-finite"), pytest.raises(NonFiniteError, match="3 steps in a row.*lr"):
+        trainer.train()
+    assert trainer.step_index == 3
+    logged = [json.loads(x) for x in (tmp_path / "stop" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["skipped_updates"] for m in logged] == [TINY["updates_per_step"]] * 3  # skipped steps are logged
+
+
+# --- (c) SIGKILL at random moments, resume until done ---------------------------------------------
+SCRIPT = textwrap.dedent("""
+    import json, sys
+    import torch
+    torch.set_num_threads(1)
+    from dphrl_mini.config import preset_config
+    from dphrl_mini.trainer import Trainer
+    cfg = preset_config("tiny-cpu", **json.loads(sys.argv[1]))
+    trainer = Trainer(cfg, callbacks=[lambda m: print("STEP", m["step"], flush=True)])
+    print("READY", flush=True)
+    trainer.train()
+    print("DONE", flush=True)
+""")
+
+
+def _launch(args: dict, env: dict, log: Path):
+    proc = subprocess.Popen([sys.executable, "-c", SCRIPT, json.dumps(args)], cwd=ROOT, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=open(log, "w"))
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(x.strip()) for x in proc.stdout], daemon=True).start()
+    return proc, lines
+
+
+def _wait_line(proc, lines, prefix: str, timeout: float = 120) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            if lines.get(timeout=0.05).startswith(prefix):
+                return True
+        except queue.Empty:
+            if proc.poll() is not None:
+                return False
+    raise AssertionError(f"no {prefix!r} line within {timeout} s")
+
+
+def _run_dir_state(folder: Path) -> str:
+    latest = ckpt.latest_checkpoint(folder)
+    tmp = sorted(p.name for p in folder.glob(".checkpoint-*.tmp"))
+    return f"latest={latest.name if latest else None} tmp={tmp}"
+
+
+def _final_state(folder: Path):
+    from safetensors.torch import load_file
+
+    metrics = [{k: v for k, v in json.loads(x).items() if k not in TIMING}
+               for x in (folder / "metrics.jsonl").read_text().splitlines()]
+    return metrics, load_file(folder / "adapter" / "adapter_model.safetensors")
+
+
+@pytest.mark.slow
+def test_sigkill_anywhere_then_resume_is_exact(tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
+               PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    args = dict(TINY, method="dph_js", steps=4, save_every=1)
+    ref = tmp_path / "ref"
+    proc, lines = _launch({**args, "output_dir": str(ref)}, env, tmp_path / "ref.log")
+    assert proc.wait(timeout=300) == 0, (tmp_path / "ref.log").read_text()[-3000:]
+
+    run = tmp_path / "killed"
+    slow_env = dict(env, DPHRL_TEST_SLOW_SAVE="0.25")  # three pauses per save: kills land inside saves
+    rng = random.Random(20240611)
+    modes = ["mid-save", "after-step", "mid-save", "after-start", "mid-save", "after-step"]
+    kills: list[str] = []
+    finished = False
+    for attempt, mode in enumerate(modes + ["none"]):
+        proc, lines = _launch({**args, "output_dir": str(run)}, slow_env, tmp_path / f"attempt{attempt}.log")
+        if mode == "none":  # plant a half-written checkpoint and a newer manifest-less folder first
+            pass
+        elif mode == "after-start":
+            if _wait_line(proc, lines, "READY"):
+                time.sleep(rng.uniform(0.0, 3.0))
+        elif mode == "after-step":
+            if _wait_line(proc, lines, "STEP"):
+                time.sleep(rng.uniform(0.0, 1.5))
+        else:  # mid-save: wait for a temporary checkpoint folder, then kill inside the save
+            end = time.monotonic() + 120
+            while not list(run.glob(".checkpoint-*.tmp")) and proc.poll() is None and time.monotonic() < end:
+                time.sleep(0.01)
+            time.sleep(rng.uniform(0.0, 0.7))
+        if mode != "none" and proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=60)
+            kills.append(f"{mode}: {_run_dir_state(run)}")
+        else:
+            finished = proc.wait(timeout=300) == 0
+            assert finished, (tmp_path / f"attempt{attempt}.log").read_text()[-3000:]
+            break
+        if attempt == len(modes) - 1:  # debris a kill can leave: must be ignored on resume
+            (run / ".checkpoint-000003.abc123.tmp").mkdir(exist_ok=True)
+            (run / ".checkpoint-000003.abc123.tmp" / "state.pt").write_bytes(b"half")
+            fake = run / "checkpoint-000099"
+            fake.mkdir(exist_ok=True)
+            (fake / "state.pt").write_bytes(b"no manifest")
+    print(f"\n{len(kills)} kill points:\n" + "\n".join(kills))
+    assert finished and len(kills) >= 4
+    assert any("tmp=['.checkpoint" in k for k in kills), "no kill landed inside a checkpoint save"
+    ref_metrics, ref_adapter = _final_state(ref)
+    got_metrics, got_adapter = _final_state(run)
+    assert [m["step"] for m in got_metrics] == [1, 2, 3, 4]
+    assert got_metrics == ref_metrics
+    assert ref_adapter.keys() == got_adapter.keys()
+    for name in ref_adapter:
+        assert torch.equal(ref_adapter[name], got_adapter[name]), name
+
+
+def test_half_written_checkpoint_is_ignored_on_resume(tmp_path):
+    trainer = Trainer(tiny_config(tmp_path, method="grpo", steps=1, save_every=1))
+    trainer.train()
+    good = ckpt.latest_checkpoint(tmp_path)
+    assert good is not None and good.name == "checkpoint-000001"
+    # a save killed before its rename, and one whose manifest no longer matches its files
+    debris = tmp_path / ".checkpoint-000002.xyz.tmp"
+    (debris / "adapter").mkdir(parents=True)
+    (debris / "state.pt").write_bytes(b"partial")
+    ckpt.save_folder(tmp_path / "checkpoint-000003", lambda f: (f / "state.pt").write_bytes(b"x"))
+    (tmp_path / "checkpoint-000003" / "state.pt").write_bytes(b"y")
+    assert ckpt.latest_checkpoint(tmp_path) == good
+    resumed = Trainer(tiny_config(tmp_path, method="grpo", steps=2, save_every=1))
+    history = resumed.train()
+    assert [m["step"] for m in history] == [1, 2]
+    with pytest.raises(ValueError, match="incomplete or corrupt"):
+        resumed.load_checkpoint(tmp_path / "checkpoint-000003")
+
+
+# --- (d) configuration and resource errors name the knob ------------------------------------------
+@pytest.mark.parametrize("overrides,field", [
+    (dict(method="ppo"), "method"), (dict(eta=-0.1), "eta"), (dict(eval_n=4, eval_ks=[1, 8]), "eval_ks"),
+    (dict(num_generations=1), "num_generations"), (dict(alpha=1.0), "alpha"),
+])
+def test_invalid_config_names_the_field(tmp_path, overrides, field):
+    with pytest.raises(ValueError, match=f"`{field}`"):
+        tiny_config(tmp_path, **overrides).validate()
+
+
+def test_four_bit_without_bitsandbytes(tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else real(name, *a))
+    with pytest.raises(ValueError, match="bitsandbytes"):
+        tiny_config(tmp_path, quantization="4bit").validate()
+    from dphrl_mini.models import quantization_config
+
+    with pytest.raises(ImportError, match="pip install bitsandbytes"):
+        quantization_config("4bit", torch.float32)
+
+
+def test_unknown_lora_target_modules():
+    from dphrl_mini.models import load_policy
+
+    with pytest.raises(ValueError, match="lora_target_modules.*no_such_proj.*q_proj"):
+        load_policy("tiny", lora_target_modules=["q_proj", "no_such_proj"], device="cpu")
+
+
+def test_out_of_memory_names_the_knobs(tmp_path, monkeypatch):
+    trainer = Trainer(tiny_config(tmp_path))
+
+    def oom():
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(trainer, "_step", oom)
+    with pytest.raises(RuntimeError, match="micro_batch_size") as info:
+        trainer.step()
+    assert isinstance(info.value.__cause__, torch.cuda.OutOfMemoryError)
+
+
+# --- (e) the reference store: another model, or flipped bytes -------------------------------------
+def _store(fingerprint="abc"):
+    return ReferenceStore([[1, 5, 6]], [[7, 8, 2]], [[-0.5, -1.0, -0.1]], ["p0"], fingerprint, {"k": 4})
+
+
+def test_store_fingerprint_mismatch_and_corruption(tmp_path):
+    path = _store().save(tmp_path / "reference_store.pt")
+    loaded = ReferenceStore.load(path, "abc")
+    assert loaded.completion_ids == [[7, 8, 2]] and loaded.reference_logps == [[-0.5, -1.0, -0.1]]
+    with pytest.raises(ValueError, match="another model or tokenizer.*presample"):
+        ReferenceStore.load(path, "xyz")
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 4] = bytes(b ^ 0xFF for b in data[middle:middle + 4])
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="corrupt.*checksum"):
+        ReferenceStore.load(path, "abc")
+
+
+def test_trainer_refuses_a_foreign_presample(tmp_path):
+    trainer = Trainer(tiny_config(tmp_path, method="dph_js"))
+    trainer.output_dir.mkdir(parents=True, exist_ok=True)
+    store = ReferenceStore([], [], [], [], "0123456789abcdef")
+    PresampleResult({r["id"]: 0.0 for r in trainer.train_rows}, trainer.train_rows, [], store, 4, 0.0).save(tmp_path)
+    with pytest.raises(ValueError, match="fingerprint 0123456789abcdef"):
+        trainer.prepare_data()
