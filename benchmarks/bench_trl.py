@@ -9,12 +9,15 @@ countdown prompts and reward function, G completions per prompt, ``prompts`` pro
 length, temperature 1, beta=0 (no KL, no reference model), clip eps 0.2, token-mean loss
 (TRL ``loss_type="dapo"``), gradient checkpointing (off unless ``--gradient-checkpointing``).
 
-Reported per trainer, over ``--steps`` timed steps after ``--warmup`` untimed ones:
+Reported per trainer: medians over ``--rounds`` interleaved runs x ``--steps`` timed steps (after
+``--warmup`` untimed ones per run); a fresh trainer per run:
   s/step           wall time of one RL step (rollout + reward + update)
-  rollout tok/s    sampled completion tokens / time inside generation
-  train tok/s      completion tokens (the tokens the loss sees) / (step time - generation time)
+  rollout tok/s    sampled completion tokens / median time inside generation
+  train tok/s      completion tokens (the tokens the loss sees) / median (step time - generation time)
   peak memory      GPU: torch.cuda.max_memory_allocated during the run; CPU: the peak rise of the
-                   process RSS during the run (sampled every 5 ms), and ru_maxrss at its end
+                   process RSS during the run (sampled every 5 ms). On CPU every run is a forked
+                   child of the benchmark process (same imports, same starting state), so peaks
+                   do not leak from one trainer into the next
 Then dphrl-mini rkl (online reference forward each step) vs dph_js (stored reference samples, no
 online reference) with the same settings.
 """
@@ -25,6 +28,7 @@ import argparse
 import json
 import os
 import resource
+import sys
 import tempfile
 import threading
 import time
@@ -33,6 +37,7 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 # --- memory ------------------------------------------------------------------------------------
 def _rss_bytes() -> int:
@@ -79,7 +84,7 @@ def _sync(device: str) -> None:
 # --- models --------------------------------------------------------------------------------------
 def build_base(args):
     """(model path or None, base model factory, tokenizer)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from dphrl_mini.models import resolve_model_path
 
@@ -100,7 +105,6 @@ def build_base(args):
     folder = Path(tempfile.mkdtemp(prefix="qwen2-shape-"))
     Qwen2ForCausalLM(config).to(dtype).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    del AutoModelForCausalLM
     return str(folder), tokenizer, dtype
 
 
@@ -141,7 +145,9 @@ def run_dphrl(args, path: str, method: str, engine: str) -> dict:
             if i >= args.warmup:
                 steps.append((time.perf_counter() - t, metrics))
     out["engine_resolved"] = trainer.engine.mode
-    return _summarize(out, [(s, m["time_rollout"], m["completion_length"] * args.prompts * args.G) for s, m in steps])
+    out["shared_prompt_forward"] = not (cfg.gradient_checkpointing or trainer.accelerator.num_processes > 1)
+    out["raw_steps"] = [(s, m["time_rollout"], m["completion_length"] * args.prompts * args.G) for s, m in steps]
+    return out
 
 
 # --- TRL -----------------------------------------------------------------------------------------
@@ -215,16 +221,49 @@ def run_trl(args, path: str) -> dict:
 
         trainer._generate, trainer._generate_and_score_completions = timed_generate, counted_score
         trainer.train()
-    return _summarize(out, timer.steps[args.warmup:])
+    out["raw_steps"] = timer.steps[args.warmup:]
+    return out
 
 
-def _summarize(out: dict, steps: list[tuple[float, float, float]]) -> dict:
-    step_s = sum(s for s, _, _ in steps) / len(steps)
-    rollout_s = sum(r for _, r, _ in steps) / len(steps)
+def isolated(args, fn, *fn_args) -> dict:
+    """CPU: run ``fn`` in a forked child so that each trainer's RSS peak starts from the same state
+    (same imports, nothing left over from the previous trainer); CUDA: in this process."""
+    if args.device == "cuda":
+        result = fn(args, *fn_args)
+        torch.cuda.empty_cache()
+        return result
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+
+    def child():
+        try:
+            queue.put(fn(args, *fn_args))
+        except BaseException as error:  # report it in the parent
+            queue.put({"error": repr(error)})
+
+    process = ctx.Process(target=child)
+    process.start()
+    result = queue.get()
+    process.join()
+    if "error" in result:
+        raise RuntimeError(f"{fn.__name__}{fn_args}: {result['error']}")
+    return result
+
+
+def _summarize(out: dict) -> dict:
+    """Medians over the timed steps of every round (robust to other jobs on a shared machine)."""
+    import statistics
+
+    steps = out["raw_steps"]
+    step_s = statistics.median(s for s, _, _ in steps)
+    rollout_s = statistics.median(r for _, r, _ in steps)
+    update_s = statistics.median(s - r for s, r, _ in steps)
     tokens = sum(n for _, _, n in steps) / len(steps)
-    out.update(s_per_step=step_s, rollout_s=rollout_s, completion_tokens_per_step=tokens,
-               rollout_tok_s=tokens / max(rollout_s, 1e-9), train_tok_s=tokens / max(step_s - rollout_s, 1e-9),
-               steps_timed=len(steps))
+    out.update(s_per_step=step_s, rollout_s=rollout_s, update_s=update_s, completion_tokens_per_step=tokens,
+               rollout_tok_s=tokens / max(rollout_s, 1e-9), train_tok_s=tokens / max(update_s, 1e-9),
+               steps_timed=len(steps), s_per_step_min=min(s for s, _, _ in steps))
     return out
 
 
@@ -249,6 +288,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--reference-batch-size", type=int, default=16, help="DPH stored samples per step")
     parser.add_argument("--engine", default="auto", help="dphrl-mini rollout_engine")
     parser.add_argument("--threads", type=int, default=1, help="CPU: torch threads (both trainers)")
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved repetitions of every run")
     parser.add_argument("--skip-trl", action="store_true")
     parser.add_argument("--skip-dph", action="store_true")
     parser.add_argument("--json", default=None)
@@ -265,14 +305,25 @@ def main(argv=None) -> dict:
     settings = {k: v for k, v in vars(args).items() if k != "json"}
     print(f"settings: {settings}  torch threads={torch.get_num_threads()}  torch={torch.__version__}")
 
-    results = [run_dphrl(args, path, "grpo", args.engine)]
+    plan = [(run_dphrl, path, "grpo", args.engine)]
     if args.engine != "plain":
-        results.append(run_dphrl(args, path, "grpo", "plain"))
+        plan.append((run_dphrl, path, "grpo", "plain"))
     if not args.skip_trl:
-        results.append(run_trl(args, path))
+        plan.append((run_trl, path))
     if not args.skip_dph:
-        results += [run_dphrl(args, path, "rkl", args.engine), run_dphrl(args, path, "dph_js", args.engine)]
+        plan += [(run_dphrl, path, "rkl", args.engine), (run_dphrl, path, "dph_js", args.engine)]
+    results: list[dict] = []
+    for round_index in range(args.rounds):  # interleaved rounds: slow phases of a shared machine hit all
+        for i, (fn, *fn_args) in enumerate(plan):
+            result = isolated(args, fn, *fn_args)
+            if round_index == 0:
+                results.append(result)
+            else:
+                results[i]["raw_steps"] += result["raw_steps"]
+                results[i]["peak_mb"] = max(results[i]["peak_mb"], result["peak_mb"])
+    results = [_summarize(r) for r in results]
     mem = "GPU max_allocated MB" if args.device == "cuda" else "RSS rise MB"
+    print(f"medians over {args.rounds} round(s) x {args.steps} timed steps")
     print(f"{'framework':<11} {'method':<22} {'s/step':>8} {'rollout_s':>9} {'rollout tok/s':>11} "
           f"{'train tok/s':>11} {mem}")
     for r in results:
@@ -293,8 +344,7 @@ def main(argv=None) -> dict:
     rkl, dph = by.get(("dphrl-mini", "rkl", args.engine)), by.get(("dphrl-mini", "dph_js", args.engine))
     if rkl and dph:
         ratios["dph_js_step_over_rkl_step"] = dph["s_per_step"] / rkl["s_per_step"]
-        ratios["dph_js_update_s_minus_rkl_update_s"] = ((dph["s_per_step"] - dph["rollout_s"])
-                                                        - (rkl["s_per_step"] - rkl["rollout_s"]))
+        ratios["dph_js_update_s_minus_rkl_update_s"] = dph["update_s"] - rkl["update_s"]
         ratios["dph_js_peak_mem_minus_rkl_mb"] = dph["peak_mb"] - rkl["peak_mb"]
     for key, value in ratios.items():
         print(f"{key}: {value:.3f}")

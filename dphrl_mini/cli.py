@@ -91,19 +91,10 @@ def cmd_eval(args) -> None:
 
 
 def cmd_compare(args) -> None:
-    from .experiments import compare
+    from .experiments import compare, parse_variants
 
     cfg = config_from_args(args)
-    variants: dict[str, dict[str, Any]] = {}
-    for spec in args.variants:
-        name, _, rest = spec.partition(":")
-        overrides: dict[str, Any] = {"method": name.split("+")[0]}
-        if "+mara" in name:
-            overrides["mara"] = True
-        for item in filter(None, rest.split(",")):
-            key, _, value = item.partition("=")
-            overrides[key] = _parse_value(value)
-        variants[spec.replace(":", "_").replace(",", "_").replace("=", "")] = overrides
+    variants = parse_variants(args.variants)
     rows = compare(cfg, variants, seeds=args.seeds, out_dir=args.out, splits=args.splits)
     _save_compare_report(rows, Path(args.out), args.splits)
 
@@ -125,15 +116,6 @@ def _save_compare_report(rows: list[dict], out: Path, splits: list[str]) -> None
         fig = plot_pass_at_k_curves(out, split=split)
         fig.savefig(out / f"pass_at_k_{split}.png", dpi=120, bbox_inches="tight")
     (out / "RESULTS.md").write_text("\n".join(report))
-
-
-def _parse_value(text: str) -> Any:
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return {"true": True, "false": False, "none": None}.get(text.lower(), text)
 
 
 def cmd_demo(args) -> None:

@@ -1,21 +1,29 @@
 """Rollout engine: faster sampling for the trainer, same distribution as ``rollout.generate``.
 
 ``rollout.generate`` stays the plain reference path (DESIGN.md §1 step 1). ``RolloutEngine`` adds
-three things on top of it, chosen by ``TrainConfig.rollout_engine``:
+these, chosen by ``TrainConfig.rollout_engine`` (every mode but "plain" also runs the prompt
+prefill once per distinct prompt and indexes its KV cache out to the prompt's G rows):
 
 1. ``"merged"``: sample from a plain (non-PEFT) copy of the base model whose linear weights are
    ``W + scale * B @ A`` for the current LoRA adapters (refreshed before every rollout). PEFT's
    per-layer LoRA forward (two extra small matmuls and Python dispatch per linear layer) is gone
    from the decode loop; the trained model is never touched, so its parameters and gradients
    are exactly what they were. 4-bit / 8-bit bases are dequantized into the copy (compute dtype),
-   i.e. the "dequantized bf16 copy" rollouts. The copy costs one extra set of weights in memory.
+   i.e. the "dequantized bf16 copy" rollouts. The copy costs one extra set of weights in memory;
+   on CUDA without room for it (1.2x its size free) the engine falls back to "plain" with a warning.
 2. ``"static"`` (CUDA only): the merged copy, decoded with a preallocated ``StaticCache`` sized per
    batch (prompt width + ``max_new_tokens``), the one-token decode step compiled with
    ``torch.compile(mode="reduce-overhead")`` (CUDA graphs), Gumbel-max sampling on the device, and
    a host sync only every ``sync_every`` steps to stop once every row has finished.
-   NOT YET MEASURED on a GPU: the path is tested for correctness on CPU (without compilation).
+   Rows that finished keep their slot (static shapes for the graph) until every row has; there
+   is no batch compaction yet. NOT YET MEASURED on a GPU: the loop is tested for correctness on
+   CPU (without compilation); the compiled CUDA path only has a GPU-only test, not yet run.
 3. ``"auto"``: ``"static"`` on CUDA, ``"merged"`` elsewhere. ``"plain"`` = ``rollout.generate``
    on the PEFT model itself.
+
+``shared_prompt_logps`` applies the same prompt sharing to the trainer's log-prob forward (with
+gradients: the G copies of a prompt's keys/values are one tensor indexed G times, so autograd sums
+their gradients), for the same values and gradients as ``rollout.sequence_logps``.
 
 All modes return a ``rollout.Rollout`` whose ``logps`` are the temperature-scaled log-probs of the
 sampled tokens under the current policy, as ``rollout.generate`` records them. With the same
@@ -26,12 +34,14 @@ weights); "static" draws with Gumbel-max, another random stream of the same dist
 from __future__ import annotations
 
 import copy as _copy
+import warnings
 from contextlib import contextmanager
 
 import torch
-from transformers import AutoModelForCausalLM, StaticCache
+from tqdm.auto import tqdm
+from transformers import AutoModelForCausalLM, DynamicCache, StaticCache
 
-from .rollout import Rollout, _left_pad, _pad_token_id, _right_pad, generate
+from .rollout import Rollout, _left_pad, _next_token, _pad_token_id, _right_pad, generate
 
 ENGINES = ("plain", "merged", "static", "auto")
 
@@ -142,6 +152,94 @@ class MergedCopy:
                 self._targets[name].copy_(param.detach())
         return self.model
 
+def _distinct_rows(index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(first row of every distinct value of ``index``, inverse map row -> distinct slot)."""
+    values, inverse = torch.unique(index, return_inverse=True)
+    rows = torch.arange(len(index), device=index.device)
+    first = torch.full((len(values),), len(index), device=index.device).scatter_reduce(0, inverse, rows, "amin")
+    return first, inverse
+
+
+def _prefill_distinct(model, prompt_ids, prompt_mask, index):
+    """One forward over each distinct prompt (the G copies of a prompt share it): returns the
+    last-position logits (b, V) and a DynamicCache with one row per sequence, or None when rows
+    with the same ``index`` do not hold the same prompt."""
+    first, inverse = _distinct_rows(index.to(prompt_ids.device))
+    ids, mask = prompt_ids[first], prompt_mask[first]
+    if not (torch.equal(ids[inverse], prompt_ids) and torch.equal(mask[inverse], prompt_mask)):
+        return None
+    cache = DynamicCache(config=model.config)
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                   past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]  # (u, V)
+    cache.batch_select_indices(inverse)  # (u, ...) -> (b, ...); autograd sums the copies' gradients
+    return logits[inverse], cache, inverse
+
+
+def shared_prompt_logps(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, completion_ids: torch.Tensor,
+                        completion_mask: torch.Tensor, prompt_index: torch.Tensor, temperature: float = 1.0,
+                        return_entropy: bool = False):
+    """``rollout.sequence_logps`` with the prompt forward done once per distinct prompt.
+
+    A group's G rows share their prompt, so its keys/values are computed once (with gradient) and
+    indexed out to the G rows; the completions then run on top of that cache. Same values and
+    gradients as ``sequence_logps`` (up to float rounding) for about ``P / (P + T)`` less compute
+    per group. Needs a KV cache in training mode, so not with gradient checkpointing (the caller
+    falls back to ``sequence_logps`` there) and ``prompt_index`` marking rows with equal prompts.
+    """
+    from .rollout import sequence_logps
+
+    device = next(model.parameters()).device
+    prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
+    completion_ids, completion_mask = completion_ids.to(device), completion_mask.to(device)
+    prefill = _prefill_distinct(model, prompt_ids, prompt_mask, prompt_index)
+    if prefill is None:
+        return sequence_logps(model, prompt_ids, prompt_mask, completion_ids, completion_mask,
+                              temperature=temperature, return_entropy=return_entropy)
+    first_logits, cache, _ = prefill
+    attention_mask = torch.cat([prompt_mask, completion_mask], 1).long()  # (B, P+T)
+    positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)[:, prompt_ids.shape[1]:]  # (B, T)
+    rest = model(input_ids=completion_ids, attention_mask=attention_mask, position_ids=positions,
+                 past_key_values=cache, use_cache=True).logits[:, :-1]  # (B, T-1, V) predicts y_2..y_T
+    logits = torch.cat([first_logits.unsqueeze(1), rest], 1).float() / temperature  # (B, T, V)
+    log_norm = torch.logsumexp(logits, dim=-1)  # (B, T)
+    mask = completion_mask.bool()
+    logps = (logits.gather(-1, completion_ids.unsqueeze(-1)).squeeze(-1) - log_norm).masked_fill(~mask, 0.0)
+    if not return_entropy:
+        return logps
+    logprobs = logits - log_norm.unsqueeze(-1)
+    return logps, -(logprobs.exp() * logprobs).sum(-1).masked_fill(~mask, 0.0)
+
+
+@torch.no_grad()
+def _sample_chunk_shared(model, prompt_ids, prompt_mask, index, max_new_tokens, temperature, top_p, greedy,
+                         generator, eos_token_id, pad_token_id):
+    """``rollout._sample_chunk`` with a shared prefill per distinct prompt (same random stream)."""
+    from .rollout import _sample_chunk
+
+    prefill = _prefill_distinct(model, prompt_ids, prompt_mask, index)
+    if prefill is None:
+        return _sample_chunk(model, prompt_ids, prompt_mask, max_new_tokens, temperature, top_p, greedy,
+                             generator, eos_token_id, pad_token_id)
+    logits, cache, _ = prefill
+    b = prompt_ids.shape[0]
+    attention_mask = prompt_mask
+    next_position = (prompt_mask.cumsum(-1) - 1).clamp(min=0)[:, -1:] + 1  # (b, 1)
+    finished = torch.zeros(b, dtype=torch.bool, device=prompt_ids.device)
+    tokens, logps, masks = [], [], []
+    for _ in range(max_new_tokens):
+        token, logp = _next_token(logits, temperature, top_p, greedy, generator)
+        masks.append(~finished)
+        tokens.append(token.masked_fill(finished, pad_token_id))
+        logps.append(logp.masked_fill(finished, 0.0))
+        finished = finished | (token == eos_token_id)
+        if bool(finished.all()) or len(tokens) == max_new_tokens:
+            break
+        attention_mask = torch.cat([attention_mask, attention_mask.new_ones(b, 1)], dim=1)
+        logits = model(input_ids=tokens[-1].unsqueeze(-1), attention_mask=attention_mask,
+                       position_ids=next_position, past_key_values=cache, use_cache=True).logits[:, -1]
+        next_position = next_position + 1
+    return torch.stack(tokens, 1), torch.stack(masks, 1).long(), torch.stack(logps, 1)
+
 
 def _gumbel_next_token(logits: torch.Tensor, temperature: float, top_p: float, greedy: bool,
                        generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -178,7 +276,7 @@ class StaticDecoder:
                           attention_mask=attention_mask, past_key_values=cache, use_cache=True).logits[:, -1]
 
     @torch.no_grad()
-    def sample(self, prompt_ids, prompt_mask, max_new_tokens, temperature, top_p, greedy, generator,
+    def sample(self, prompt_ids, prompt_mask, index, max_new_tokens, temperature, top_p, greedy, generator,
                eos_token_id: int, pad_token_id: int):
         b, P = prompt_ids.shape
         L = P + max_new_tokens
@@ -186,9 +284,15 @@ class StaticDecoder:
         attention_mask = torch.cat([prompt_mask, prompt_mask.new_zeros(b, max_new_tokens)], 1)  # (b, L)
         position_ids = (prompt_mask.cumsum(-1) - 1).clamp(min=0)
         next_position = position_ids[:, -1:] + 1  # (b, 1)
-        logits = self.model(input_ids=prompt_ids, attention_mask=attention_mask, position_ids=position_ids,
-                            cache_position=torch.arange(P, device=prompt_ids.device), past_key_values=cache,
-                            use_cache=True, logits_to_keep=1).logits[:, -1]
+        prefill = _prefill_distinct(self.model, prompt_ids, prompt_mask, index)
+        if prefill is None:
+            logits = self.model(input_ids=prompt_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                cache_position=torch.arange(P, device=prompt_ids.device), past_key_values=cache,
+                                use_cache=True, logits_to_keep=1).logits[:, -1]
+        else:  # shared prefill, copied into the preallocated cache
+            logits, shared, _ = prefill
+            for i, layer in enumerate(shared.layers):
+                cache.update(layer.keys, layer.values, i, {"cache_position": torch.arange(P, device=prompt_ids.device)})
         tokens = torch.full((b, max_new_tokens), pad_token_id, dtype=torch.long, device=prompt_ids.device)
         logps = torch.zeros(b, max_new_tokens, device=prompt_ids.device)
         masks = torch.zeros(b, max_new_tokens, dtype=torch.long, device=prompt_ids.device)
@@ -232,11 +336,25 @@ class RolloutEngine:
             self._merged = MergedCopy(self.model)
         return self._merged
 
+    def _copy_fits(self) -> bool:
+        """CUDA: is there room for the merged copy (1.2x its size)? If not, sample on the PEFT model."""
+        if self._merged is not None or self.device.type != "cuda":
+            return True
+        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        numel = sum(p.numel() * (2 if type(p).__name__ == "Params4bit" else 1) for p in base.parameters())
+        size = numel * torch.empty((), dtype=MergedCopy._compute_dtype(base)).element_size()
+        if torch.cuda.mem_get_info(self.device)[0] > 1.2 * size:
+            return True
+        warnings.warn(f"rollout_engine={self.mode!r}: no GPU memory for a {size / 2**30:.1f} GiB merged copy; "
+                      "sampling from the PEFT model (rollout_engine='plain')")
+        self.mode = "plain"
+        return False
+
     @contextmanager
     def sampling_model(self, adapters: bool | None = None):
         """The model to sample from; ``adapters=None`` follows the PEFT model's current state
         (off inside ``reference_mode``)."""
-        if self.mode == "plain":
+        if self.mode == "plain" or not self._copy_fits():
             if adapters is False and hasattr(self.model, "disable_adapter"):
                 with self.model.disable_adapter():
                     yield self.model
@@ -256,33 +374,53 @@ class RolloutEngine:
         kwargs = dict(num_generations=num_generations, max_new_tokens=max_new_tokens, temperature=temperature,
                       top_p=top_p, greedy=greedy, batch_size=batch_size, generator=generator, progress=progress)
         with self.sampling_model(adapters) as model:
-            if self.mode != "static":
+            if self.mode == "plain":
                 return generate(model, tokenizer, prompts, **kwargs)
+            if self.mode == "merged":
+                return merged_generate(model, tokenizer, prompts, **kwargs)
             if self._static is None or self._static.model is not model:
                 self._static = StaticDecoder(model, compile=self._compile, sync_every=self._sync_every)
             return static_generate(self._static, tokenizer, prompts, **kwargs)
 
 
-def static_generate(decoder: StaticDecoder, tokenizer, prompts: list[str], num_generations: int = 1,
-                    max_new_tokens: int = 32, temperature: float = 1.0, top_p: float = 1.0,
-                    greedy: bool = False, batch_size: int | None = None,
-                    generator: torch.Generator | None = None, progress: bool = False) -> Rollout:
+def static_generate(decoder: StaticDecoder, tokenizer, prompts: list[str], **kwargs) -> Rollout:
     """``rollout.generate`` with the ``StaticDecoder`` loop (Gumbel-max sampling)."""
+    return _generate_with(decoder.sample, decoder.model, tokenizer, prompts, **kwargs)
+
+
+def merged_generate(model, tokenizer, prompts: list[str], **kwargs) -> Rollout:
+    """``rollout.generate`` with one shared prefill per prompt (same random stream, same tokens)."""
+    return _generate_with(lambda *a: _sample_chunk_shared(model, *a), model, tokenizer, prompts, **kwargs)
+
+
+def _generate_with(sample, model, tokenizer, prompts: list[str], num_generations: int = 1,
+                   max_new_tokens: int = 32, temperature: float = 1.0, top_p: float = 1.0,
+                   greedy: bool = False, batch_size: int | None = None,
+                   generator: torch.Generator | None = None, progress: bool = False) -> Rollout:
+    """``rollout.generate``'s batching and packaging around a chunk sampler
+    ``sample(ids, mask, prompt_index, max_new_tokens, temperature, top_p, greedy, generator, eos, pad)``."""
     if num_generations < 1 or max_new_tokens < 1:
         raise ValueError(f"num_generations={num_generations} and max_new_tokens={max_new_tokens} must be >= 1")
     if not greedy and temperature <= 0:
         raise ValueError(f"temperature={temperature!r} must be > 0 (use greedy=True for argmax)")
-    device = next(decoder.model.parameters()).device
+    device = next(model.parameters()).device
     pad_token_id, eos_token_id = _pad_token_id(tokenizer), tokenizer.eos_token_id
     rows = [ids for ids in tokenizer(list(prompts))["input_ids"] for _ in range(num_generations)]
     prompt_ids, prompt_mask = _left_pad(rows, pad_token_id)
+    prompt_index = torch.arange(len(prompts)).repeat_interleave(num_generations)  # (B,)
     batch_size = batch_size or len(rows)
     chunks = []
-    for start in range(0, len(rows), batch_size):
-        ids, mask = prompt_ids[start:start + batch_size], prompt_mask[start:start + batch_size]
-        first = int(mask.any(0).long().argmax())
-        chunks.append(decoder.sample(ids[:, first:].to(device), mask[:, first:].to(device), max_new_tokens,
-                                     temperature, top_p, greedy, generator, eos_token_id, pad_token_id))
+    was_training = model.training
+    model.eval()
+    try:
+        for start in tqdm(range(0, len(rows), batch_size), desc="generate", disable=not progress):
+            ids, mask = prompt_ids[start:start + batch_size], prompt_mask[start:start + batch_size]
+            first = int(mask.any(0).long().argmax())
+            chunks.append(sample(ids[:, first:].to(device), mask[:, first:].to(device),
+                                 prompt_index[start:start + batch_size].to(device), max_new_tokens,
+                                 temperature, top_p, greedy, generator, eos_token_id, pad_token_id))
+    finally:
+        model.train(was_training)
     width = max(c[0].shape[1] for c in chunks)
     completion_ids = torch.cat([_right_pad(c[0], width, pad_token_id) for c in chunks])
     completion_mask = torch.cat([_right_pad(c[1], width, 0) for c in chunks])
@@ -291,6 +429,5 @@ def static_generate(decoder: StaticDecoder, tokenizer, prompts: list[str], num_g
     completions = tokenizer.batch_decode([ids[:n] for ids, n in zip(completion_ids.tolist(), lengths)],
                                          skip_special_tokens=True)
     has_eos = ((completion_ids == eos_token_id) & completion_mask.bool()).any(-1)
-    prompt_index = torch.arange(len(prompts), device=device).repeat_interleave(num_generations)
     return Rollout(prompt_ids.to(device), prompt_mask.to(device), completion_ids, completion_mask,
-                   logps, completions, prompt_index, ~has_eos)
+                   logps, completions, prompt_index.to(device), ~has_eos)

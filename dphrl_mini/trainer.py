@@ -39,7 +39,7 @@ from toy_bandits.mara import mara_rewards
 from . import checkpoint as ckpt
 from .config import TrainConfig
 from .data import PresampleResult, presample, reward_columns
-from .engine import RolloutEngine
+from .engine import RolloutEngine, shared_prompt_logps
 from .evaluate import EvalResult, evaluate
 from .losses import aggregate, clipped_surrogate, divergence_per_token, group_advantages, kl_penalty_per_token
 from .models import load_policy, model_fingerprint, reference_mode
@@ -75,6 +75,12 @@ class Trainer:
         self.config = cfg = config.validate()
         self.accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available() or cfg.device == "cpu")
         set_seed(cfg.seed + self.accelerator.process_index)
+        processes = self.accelerator.num_processes
+        if cfg.prompts_per_step % processes or cfg.prompts_per_step // processes < cfg.updates_per_step:
+            raise ValueError(  # every process must run the same number of backward passes (DDP)
+                f"config field `prompts_per_step`={cfg.prompts_per_step}: with {processes} processes it must be "
+                f"a multiple of {processes} and give each process at least updates_per_step="
+                f"{cfg.updates_per_step} prompts")
         if model is None:
             model, tokenizer = load_policy(
                 cfg.model, quantization=cfg.quantization, lora_rank=cfg.lora_rank, lora_alpha=cfg.lora_alpha,
@@ -140,20 +146,28 @@ class Trainer:
         needs_split = cfg.dph_divergence() is not None or cfg.train_on == "exploration"
         if not needs_split:
             return
-        folder = self.output_dir
-        if (folder / "presample.json").exists():
-            self.presampled = PresampleResult.load(folder, self.train_rows, self.fingerprint)
-        else:
+        folder, acc = self.output_dir, self.accelerator
+        saved = (folder / "presample.json").exists()
+        if not saved and acc.is_main_process:  # DDP: the main process samples, the others wait and load
             with reference_mode(self.policy):
                 self.presampled = presample(
                     self.policy, self.tokenizer, self.train_rows, self.task, k=cfg.presample_k,
                     threshold=cfg.presample_threshold, keep=cfg.keep_references, fingerprint=self.fingerprint,
                     max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
                     batch_size=cfg.generation_batch_size, seed=cfg.seed,
-                    prompts=[self.prompt_text(r) for r in self.train_rows],
-                    progress=cfg.progress and self.accelerator.is_main_process)
-            if self.accelerator.is_main_process:
-                self.presampled.save(folder)
+                    prompts=[self.prompt_text(r) for r in self.train_rows], progress=cfg.progress)
+            folder.mkdir(parents=True, exist_ok=True)
+            self.presampled.save(folder)
+        if not saved:
+            acc.wait_for_everyone()
+        if self.presampled is None:
+            self.presampled = PresampleResult.load(folder, self.train_rows, self.fingerprint)
+            if (self.presampled.k, self.presampled.threshold) != (cfg.presample_k, cfg.presample_threshold):
+                raise ValueError(
+                    f"{folder / 'presample.json'} was made with presample_k={self.presampled.k}, "
+                    f"presample_threshold={self.presampled.threshold} but the config says presample_k="
+                    f"{cfg.presample_k}, presample_threshold={cfg.presample_threshold}; use another "
+                    "output_dir or delete presample.json and reference_store.pt to pre-sample again")
         if cfg.train_on in ("auto", "exploration"):
             if self.presampled.exploration:
                 self.pool = self.presampled.exploration
@@ -177,9 +191,13 @@ class Trainer:
 
     # --- one RL step -----------------------------------------------------------------------------
     def _logps(self, rollout: Rollout, rows: torch.Tensor, entropy: bool = False):
-        return sequence_logps(self.model, rollout.prompt_ids[rows], rollout.prompt_mask[rows],
-                              rollout.completion_ids[rows], rollout.completion_mask[rows],
-                              temperature=self.config.temperature, return_entropy=entropy)
+        args = (self.model, rollout.prompt_ids[rows], rollout.prompt_mask[rows],
+                rollout.completion_ids[rows], rollout.completion_mask[rows])
+        if self.config.gradient_checkpointing or self.accelerator.num_processes > 1:  # no KV cache / one forward for DDP
+            return sequence_logps(*args, temperature=self.config.temperature, return_entropy=entropy)
+        # the prompt forward once per group, not G times (engine.py; same values and gradients)
+        return shared_prompt_logps(*args, rollout.prompt_index[rows], temperature=self.config.temperature,
+                                   return_entropy=entropy)
 
     @torch.no_grad()
     def _no_grad_logps(self, rollout: Rollout) -> torch.Tensor:

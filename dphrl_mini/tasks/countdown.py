@@ -31,6 +31,8 @@ import random
 from fractions import Fraction
 from functools import lru_cache
 
+from .answers import extract_answer
+
 NAME = "countdown"
 MAX_CHARS = 200
 MAX_TOKENS = 100
@@ -192,18 +194,6 @@ def is_correct(numbers: list[int], target: int, expression: str) -> bool:
         return _evaluate(tree) == Fraction(int(target))
     except (_Invalid, RecursionError, ValueError, TypeError):
         return False
-
-
-def extract_answer(completion: str) -> str | None:
-    """The first ``<answer>...</answer>`` content if present, else the first line; stripped (linear time)."""
-    if not isinstance(completion, str):
-        return None
-    start = completion.find("<answer>")
-    if start >= 0:
-        end = completion.find("</answer>", start + 8)
-        if end >= 0:
-            return completion[start + 8:end].strip()
-    return completion.split("\n", 1)[0].strip()
 
 
 def solution_key(completion: str) -> str | None:

@@ -34,6 +34,8 @@ import time
 from functools import lru_cache
 from pathlib import Path
 
+from .answers import extract_answer
+
 NAME = "sql"
 DB_SEED = 0
 DB_VERSION = 1
@@ -295,18 +297,6 @@ def execution_match(db_path: str, predicted_sql: str, gold_sql: str, timeout_s: 
 def _gold_result(db_path: str, gold_sql: str, mtime_ns: int) -> tuple[bool, object]:
     ordered = "order by" in " ".join(gold_sql.lower().split())
     return ordered, run_query(db_path, gold_sql, 5.0, 10_000, ordered=ordered)
-
-
-def extract_answer(completion: str) -> str | None:
-    """The first ``<answer>...</answer>`` content if present, else the first line; stripped (linear time)."""
-    if not isinstance(completion, str):
-        return None
-    start = completion.find("<answer>")
-    if start >= 0:
-        end = completion.find("</answer>", start + 8)
-        if end >= 0:
-            return completion[start + 8:end].strip()
-    return completion.split("\n", 1)[0].strip()
 
 
 def solution_key(completion: str) -> str | None:
