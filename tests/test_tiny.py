@@ -56,7 +56,7 @@ def test_committed_checkpoint_loads_and_generates():
     assert path == tiny.ASSET_DIR, "the tiny checkpoint must be committed in dphrl_mini/assets/tiny"
     size = sum(f.stat().st_size for f in path.iterdir())
     assert size <= 10 * 2**20
-    assert (path / "README.md").read_text().count("python -m dphrl_mini.tiny") == 1
+    assert (path / "README.md").read_text().count("python -m dphrl_mini.tiny") >= 1
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path).eval()
     assert model.config.num_key_value_heads < model.config.num_attention_heads  # GQA
