@@ -50,19 +50,23 @@ def run_demo(out_dir: str | Path = "outputs/demo", quick: bool = False, steps: i
         fig.savefig(out / f"bandit_targets_{preset}.png", dpi=110, bbox_inches="tight")
     print(f"bandit figures saved in {out}/\n")
 
-    steps = steps or (4 if quick else 60)
-    cfg = preset_config("tiny-cpu", steps=steps, train_size=64 if quick else 400,
-                        eval_size=16 if quick else 100, ood_size=16 if quick else 50,
-                        eval_n=16 if quick else 64, eval_ks=[1, 2, 4, 8, 16] if quick else [1, 2, 4, 8, 16, 32, 64],
-                        prompts_per_step=8 if quick else 16, save_every=max(steps, 1), eta=2.0)
+    steps = steps or (4 if quick else 40)
+    # the settings behind results/countdown (README): lr 5e-4, every distinct correct reference kept
+    cfg = preset_config("tiny-cpu", steps=steps, lr=5e-4, train_size=64 if quick else 300,
+                        eval_size=16 if quick else 60, eval_n=16 if quick else 64,
+                        eval_ks=[1, 2, 4, 8, 16] if quick else [1, 2, 4, 8, 16, 32, 64],
+                        prompts_per_step=8 if quick else 16, save_every=max(steps, 1), eta=4.0,
+                        keep_references="all_distinct")
     cfg = dataclasses.replace(cfg, output_dir=str(out / "runs"))
     print(f"Training the tiny model on Countdown: GRPO vs DPH-JS, {steps} steps each, same prompts and seed")
     rows = compare(cfg, {"grpo": {"method": "grpo"}, "dph_js": {"method": "dph_js"}},
-                   seeds=[0], out_dir=out / "runs", splits=["test", "ood"], reuse=False)
-    for split in ("test", "ood"):
+                   seeds=[0], out_dir=out / "runs", splits=["test"], reuse=False)
+    for split in ("test",):
         print(f"\n{split} (Pass@k and greedy in %, distinct correct solutions per prompt):")
         print(format_table(rows, split))
     fig = plot_pass_at_k_curves(out / "runs", split="test")
     fig.savefig(out / "pass_at_k.png", dpi=110, bbox_inches="tight")
+    print("\nOne seed and a short run: see results/countdown for three seeds. Out-of-domain Countdown "
+          "(numbers from an unseen range) is ~0 for the tiny model, so the demo skips it.")
     print(f"\nPass@k curves saved to {out / 'pass_at_k.png'}; tables in {out / 'runs'}/summary.csv")
     return rows
