@@ -5,6 +5,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # Small notebook settings for the test run; unset (or DPHRL_SMALL=0) for full settings.
 NB_TIMEOUT ?= 900
+# One BLAS/OpenMP thread per process for the tests: the tiny model gains nothing from more, and
+# tests that start several processes (DDP, kill-and-resume) would oversubscribe a small CPU.
+TEST_ENV := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 
 .PHONY: setup demo test unit notebooks lab bench clean
 
@@ -22,10 +25,10 @@ demo: setup
 	$(VENV)/bin/dphrl-mini demo
 
 unit: setup
-	$(PY) -m pytest -q -p no:cacheprovider tests
+	$(TEST_ENV) $(PY) -m pytest -q -p no:cacheprovider tests
 
 notebooks: setup
-	DPHRL_SMALL=$${DPHRL_SMALL:-1} MPLBACKEND=Agg $(PY) -m pytest -q -p no:cacheprovider --nbmake --nbmake-timeout=$(NB_TIMEOUT) notebooks
+	$(TEST_ENV) DPHRL_SMALL=$${DPHRL_SMALL:-1} MPLBACKEND=Agg $(PY) -m pytest -q -p no:cacheprovider --nbmake --nbmake-timeout=$(NB_TIMEOUT) notebooks
 
 test: unit notebooks
 

@@ -97,6 +97,7 @@ def plot_pass_at_k_curves(results: Mapping[str, EvalResult | list[EvalResult]] |
             std = 100 * values.std(0, ddof=1)
             ax.fill_between(ks, mean - std, mean + std, alpha=0.15, color=style.get("color"))
     ax.set_xscale("log", base=2)
+    ax.set_ylim(bottom=0)  # a Pass@k of 0 stays at the bottom, not in the middle of a +-0.05 axis
     ax.set_xlabel("k (samples per prompt)")
     ax.set_ylabel(f"Pass@k on {split} (%)")
     ax.set_title(title or f"Pass@k, {split} split")
@@ -125,14 +126,20 @@ def plot_metric_bars(rows: list[dict], metric: str = "distinct_correct", split: 
 
 
 SWEPT_FIELDS = ("eta", "kl_coef", "mara_beta")
-_SWEEP_SUFFIX = re.compile(r"_(?:%s)[-+0-9.e]*$" % "|".join(SWEPT_FIELDS))
+_SWEEP = re.compile(r"_((?:%s)[-+0-9.e]*)(?=_|$)" % "|".join(SWEPT_FIELDS))
 
 
 def sweep_family(name: str) -> str:
-    """The method a swept variant belongs to: the name without its trailing coefficient, in the
-    CLI's naming (``dph_js_eta2`` -> ``dph_js``, ``rkl_kl_coef0.05`` -> ``rkl``,
-    ``grpo+mara_mara_beta0.1`` -> ``grpo+mara``)."""
-    return _SWEEP_SUFFIX.sub("", name)
+    """The method a swept variant belongs to: the name without its coefficient, in the CLI's
+    naming (``dph_js_eta2`` -> ``dph_js``, ``rkl_kl_coef0.05`` -> ``rkl``,
+    ``grpo+mara_mara_beta0.1`` -> ``grpo+mara``, ``dph_js_eta4_keep_referencesall_distinct`` ->
+    ``dph_js_keep_referencesall_distinct``)."""
+    return _SWEEP.sub("", name)
+
+
+def _sweep_label(name: str) -> str:
+    match = _SWEEP.search(name)
+    return match.group(1) if match else ""
 
 
 def plot_pareto(rows: list[dict], x: str = "pass@1", y: str = "pass@64", split: str = "test",
@@ -151,7 +158,7 @@ def plot_pareto(rows: list[dict], x: str = "pass@1", y: str = "pass@64", split: 
         style = dict(color="black", marker="*", markersize=12) if family == "base" else dict(color=f"C{i}", marker="o")
         ax.plot([100 * r[x] for r in members], [100 * r[y] for r in members], label=family, **style)
         for r in members:
-            ax.annotate(r["method"].replace(family, "").strip("_") or "", (100 * r[x], 100 * r[y]),
+            ax.annotate(_sweep_label(r["method"]), (100 * r[x], 100 * r[y]),
                         fontsize=7, xytext=(3, 3), textcoords="offset points")
     ax.set_xlabel(f"{x} (%)")
     ax.set_ylabel(f"{y} (%)")
