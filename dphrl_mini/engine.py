@@ -41,7 +41,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, DynamicCache, StaticCache
 
-from .rollout import Rollout, _left_pad, _next_token, _pad_token_id, _right_pad, generate
+from .rollout import Rollout, _left_pad, _pad_token_id, _right_pad, generate
 
 ENGINES = ("plain", "merged", "static", "auto")
 
@@ -214,31 +214,15 @@ def shared_prompt_logps(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tens
 def _sample_chunk_shared(model, prompt_ids, prompt_mask, index, max_new_tokens, temperature, top_p, greedy,
                          generator, eos_token_id, pad_token_id):
     """``rollout._sample_chunk`` with a shared prefill per distinct prompt (same random stream)."""
-    from .rollout import _sample_chunk
+    from .rollout import _sample_chunk, decode
 
     prefill = _prefill_distinct(model, prompt_ids, prompt_mask, index)
     if prefill is None:
         return _sample_chunk(model, prompt_ids, prompt_mask, max_new_tokens, temperature, top_p, greedy,
                              generator, eos_token_id, pad_token_id)
     logits, cache, _ = prefill
-    b = prompt_ids.shape[0]
-    attention_mask = prompt_mask
-    next_position = (prompt_mask.cumsum(-1) - 1).clamp(min=0)[:, -1:] + 1  # (b, 1)
-    finished = torch.zeros(b, dtype=torch.bool, device=prompt_ids.device)
-    tokens, logps, masks = [], [], []
-    for _ in range(max_new_tokens):
-        token, logp = _next_token(logits, temperature, top_p, greedy, generator)
-        masks.append(~finished)
-        tokens.append(token.masked_fill(finished, pad_token_id))
-        logps.append(logp.masked_fill(finished, 0.0))
-        finished = finished | (token == eos_token_id)
-        if bool(finished.all()) or len(tokens) == max_new_tokens:
-            break
-        attention_mask = torch.cat([attention_mask, attention_mask.new_ones(b, 1)], dim=1)
-        logits = model(input_ids=tokens[-1].unsqueeze(-1), attention_mask=attention_mask,
-                       position_ids=next_position, past_key_values=cache, use_cache=True).logits[:, -1]
-        next_position = next_position + 1
-    return torch.stack(tokens, 1), torch.stack(masks, 1).long(), torch.stack(logps, 1)
+    return decode(model, logits, cache, prompt_mask, max_new_tokens, temperature, top_p, greedy,
+                  generator, eos_token_id, pad_token_id)
 
 
 def _gumbel_next_token(logits: torch.Tensor, temperature: float, top_p: float, greedy: bool,

@@ -76,14 +76,22 @@ def _sample_chunk(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, ma
                   temperature: float, top_p: float, greedy: bool, generator, eos_token_id: int,
                   pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """KV-cached sampling for one chunk; returns completion ids, mask and log-probs, each (b, t)."""
-    b = prompt_ids.shape[0]
-    attention_mask = prompt_mask  # (b, P) grows by one column per step
     position_ids = (prompt_mask.cumsum(-1) - 1).clamp(min=0)  # (b, P) real tokens count from 0
-    next_position = position_ids[:, -1:] + 1  # (b, 1)
     cache = DynamicCache(config=model.config)
-    logits = model(input_ids=prompt_ids, attention_mask=attention_mask, position_ids=position_ids,
+    logits = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=position_ids,
                    past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]  # (b, V)
-    finished = torch.zeros(b, dtype=torch.bool, device=prompt_ids.device)  # (b,)
+    return decode(model, logits, cache, prompt_mask, max_new_tokens, temperature, top_p, greedy,
+                  generator, eos_token_id, pad_token_id)
+
+
+def decode(model, logits: torch.Tensor, cache, prompt_mask: torch.Tensor, max_new_tokens: int,
+           temperature: float, top_p: float, greedy: bool, generator, eos_token_id: int,
+           pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The decode loop after a prefill (``logits`` (b, V) of the last prompt token, filled ``cache``)."""
+    b = prompt_mask.shape[0]
+    attention_mask = prompt_mask  # (b, P) grows by one column per step
+    next_position = (prompt_mask.cumsum(-1) - 1).clamp(min=0)[:, -1:] + 1  # (b, 1)
+    finished = torch.zeros(b, dtype=torch.bool, device=prompt_mask.device)  # (b,)
     tokens, logps, masks = [], [], []
     for _ in range(max_new_tokens):
         token, logp = _next_token(logits, temperature, top_p, greedy, generator)  # (b,), (b,)
