@@ -13,7 +13,6 @@ import sys
 import time
 import typing
 from pathlib import Path
-from typing import Any
 
 from .config import METHODS, PRESETS, TrainConfig, preset_config
 

@@ -18,8 +18,32 @@ from typing import Any
 
 import yaml
 
-METHODS = ("grpo", "dapo", "rkl", "dph_forward_kl", "dph_js", "dph_alpha")
-DPH_DIVERGENCE = {"dph_forward_kl": "forward_kl", "dph_js": "js", "dph_alpha": "alpha"}
+_METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
+    # eps_high: clip-higher 0.28 everywhere except GRPO (papers/dph-rl.md §1.5, "clip" row).
+    # kl_coef: 0.01 is the released kl_loss_coef of the k3 reverse-KL baseline.
+    # divergence: the generator loss DPH applies on stored reference samples (DESIGN.md §1).
+    # needs_reference: an online pi_ref forward each step (MARA needs one too; see TrainConfig).
+    "grpo": {"eps_high": 0.2, "divergence": None, "needs_reference": False, "kl_coef": 0.0},
+    "dapo": {"eps_high": 0.28, "divergence": None, "needs_reference": False, "kl_coef": 0.0},
+    "rkl": {"eps_high": 0.28, "divergence": None, "needs_reference": True, "kl_coef": 0.01},
+    "dph_forward_kl": {"eps_high": 0.28, "divergence": "forward_kl", "needs_reference": False, "kl_coef": 0.0},
+    "dph_js": {"eps_high": 0.28, "divergence": "js", "needs_reference": False, "kl_coef": 0.0},
+    "dph_alpha": {"eps_high": 0.28, "divergence": "alpha", "needs_reference": False, "kl_coef": 0.0},
+}
+METHODS: tuple[str, ...] = tuple(_METHOD_DEFAULTS)
+"""Every training method, by the name used in configs, logs and plots."""
+
+
+def method_defaults(method: str) -> dict[str, Any]:
+    """Defaults of one method: ``eps_high``, ``divergence`` (None or the DPH generator),
+    ``needs_reference`` (online pi_ref forward) and ``kl_coef`` (reverse-KL penalty).
+
+    >>> method_defaults("dph_js")["divergence"]
+    'js'
+    """
+    if method not in _METHOD_DEFAULTS:
+        raise ValueError(f"method={method!r} is unknown; choose one of {METHODS}")
+    return dict(_METHOD_DEFAULTS[method])
 
 
 @dataclass
@@ -129,17 +153,13 @@ class TrainConfig:
 
     # ------------------------------------------------------------------------------------------
     def method_eps_high(self) -> float:
-        if self.eps_high is not None:
-            return self.eps_high
-        return 0.2 if self.method == "grpo" else 0.28
+        return self.eps_high if self.eps_high is not None else method_defaults(self.method)["eps_high"]
 
     def method_kl_coef(self) -> float:
-        if self.kl_coef is not None:
-            return self.kl_coef
-        return 0.01 if self.method == "rkl" else 0.0
+        return self.kl_coef if self.kl_coef is not None else method_defaults(self.method)["kl_coef"]
 
     def dph_divergence(self) -> str | None:
-        return DPH_DIVERGENCE.get(self.method)
+        return method_defaults(self.method)["divergence"]
 
     def needs_reference_model(self) -> bool:
         """The online reference (adapters disabled) is needed only by the KL penalty and MARA."""

@@ -38,10 +38,9 @@ import warnings
 from contextlib import contextmanager
 
 import torch
-from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, DynamicCache, StaticCache
 
-from .rollout import Rollout, _left_pad, _pad_token_id, _right_pad, generate
+from .rollout import Rollout, generate, generate_with
 
 ENGINES = ("plain", "merged", "static", "auto")
 
@@ -369,49 +368,11 @@ class RolloutEngine:
 
 def static_generate(decoder: StaticDecoder, tokenizer, prompts: list[str], **kwargs) -> Rollout:
     """``rollout.generate`` with the ``StaticDecoder`` loop (Gumbel-max sampling)."""
-    return _generate_with(decoder.sample, decoder.model, tokenizer, prompts, **kwargs)
+    return generate_with(decoder.sample, decoder.model, tokenizer, prompts, **kwargs)
 
 
 def merged_generate(model, tokenizer, prompts: list[str], **kwargs) -> Rollout:
     """``rollout.generate`` with one shared prefill per prompt (same random stream, same tokens)."""
-    return _generate_with(lambda *a: _sample_chunk_shared(model, *a), model, tokenizer, prompts, **kwargs)
+    return generate_with(lambda *a: _sample_chunk_shared(model, *a), model, tokenizer, prompts, **kwargs)
 
 
-def _generate_with(sample, model, tokenizer, prompts: list[str], num_generations: int = 1,
-                   max_new_tokens: int = 32, temperature: float = 1.0, top_p: float = 1.0,
-                   greedy: bool = False, batch_size: int | None = None,
-                   generator: torch.Generator | None = None, progress: bool = False) -> Rollout:
-    """``rollout.generate``'s batching and packaging around a chunk sampler
-    ``sample(ids, mask, prompt_index, max_new_tokens, temperature, top_p, greedy, generator, eos, pad)``."""
-    if num_generations < 1 or max_new_tokens < 1:
-        raise ValueError(f"num_generations={num_generations} and max_new_tokens={max_new_tokens} must be >= 1")
-    if not greedy and temperature <= 0:
-        raise ValueError(f"temperature={temperature!r} must be > 0 (use greedy=True for argmax)")
-    device = next(model.parameters()).device
-    pad_token_id, eos_token_id = _pad_token_id(tokenizer), tokenizer.eos_token_id
-    rows = [ids for ids in tokenizer(list(prompts))["input_ids"] for _ in range(num_generations)]
-    prompt_ids, prompt_mask = _left_pad(rows, pad_token_id)
-    prompt_index = torch.arange(len(prompts)).repeat_interleave(num_generations)  # (B,)
-    batch_size = batch_size or len(rows)
-    chunks = []
-    was_training = model.training
-    model.eval()
-    try:
-        for start in tqdm(range(0, len(rows), batch_size), desc="generate", disable=not progress):
-            ids, mask = prompt_ids[start:start + batch_size], prompt_mask[start:start + batch_size]
-            first = int(mask.any(0).long().argmax())
-            chunks.append(sample(ids[:, first:].to(device), mask[:, first:].to(device),
-                                 prompt_index[start:start + batch_size].to(device), max_new_tokens,
-                                 temperature, top_p, greedy, generator, eos_token_id, pad_token_id))
-    finally:
-        model.train(was_training)
-    width = max(c[0].shape[1] for c in chunks)
-    completion_ids = torch.cat([_right_pad(c[0], width, pad_token_id) for c in chunks])
-    completion_mask = torch.cat([_right_pad(c[1], width, 0) for c in chunks])
-    logps = torch.cat([_right_pad(c[2], width, 0.0) for c in chunks])
-    lengths = completion_mask.sum(-1).tolist()
-    completions = tokenizer.batch_decode([ids[:n] for ids, n in zip(completion_ids.tolist(), lengths)],
-                                         skip_special_tokens=True)
-    has_eos = ((completion_ids == eos_token_id) & completion_mask.bool()).any(-1)
-    return Rollout(prompt_ids.to(device), prompt_mask.to(device), completion_ids, completion_mask,
-                   logps, completions, prompt_index.to(device), ~has_eos)

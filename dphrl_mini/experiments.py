@@ -24,15 +24,13 @@ HEADLINE = ("greedy", "pass@1", "pass@8", "pass@64", "distinct_correct")
 
 
 def save_eval(result: EvalResult, path: str | Path) -> None:
-    data = {k: sorted(v) if isinstance(v, set) else v for k, v in vars(result).items()}
-    data["distinct_keys"] = [sorted(map(str, s)) for s in data.get("distinct_keys", [])]
-    atomic_write_text(path, json.dumps(data, default=lambda o: sorted(o) if isinstance(o, set) else str(o)))
+    data = dict(vars(result), distinct_keys=[sorted(map(str, keys)) for keys in result.distinct_keys])
+    atomic_write_text(path, json.dumps(data))
 
 
 def load_eval(path: str | Path) -> EvalResult:
     data = json.loads(Path(path).read_text())
-    if "distinct_keys" in data:
-        data["distinct_keys"] = [set(s) for s in data["distinct_keys"]]
+    data["distinct_keys"] = [set(keys) for keys in data["distinct_keys"]]
     names = {f.name for f in dataclasses.fields(EvalResult)}
     return EvalResult(**{k: v for k, v in data.items() if k in names})
 

@@ -36,8 +36,8 @@ import torch
 
 from toy_bandits import divergences
 
-METHODS: tuple[str, ...] = ("grpo", "dapo", "rkl", "dph_forward_kl", "dph_js", "dph_alpha")
-"""Every training method, by the name used in configs, logs and plots."""
+from .config import METHODS, method_defaults  # noqa: F401  (the method table lives in config.py)
+
 
 DPH_DIVERGENCES: tuple[str, ...] = ("forward_kl", "js", "alpha", "reverse_kl")
 """Divergences whose generator loss may regularize on reference samples (term (3))."""
@@ -46,34 +46,6 @@ AGGREGATIONS: tuple[str, ...] = ("token_mean", "sequence_mean")
 
 LOG_RATIO_CLAMP = 20.0
 """|log pi - log pi_old| and |log pi - log pi_ref| are clamped here before exp, as released."""
-
-_METHOD_DEFAULTS: dict[str, dict] = {
-    # eps_high: clip-higher 0.28 everywhere except GRPO (papers/dph-rl.md §1.5, "clip" row).
-    # kl_coef: 0.01 is the released kl_loss_coef of the k3 reverse-KL baseline.
-    # needs_reference: whether an online pi_ref forward is needed each step (MARA also needs
-    # one; the trainer adds that).
-    "grpo": {"eps_high": 0.2, "divergence": None, "needs_reference": False, "kl_coef": 0.0},
-    "dapo": {"eps_high": 0.28, "divergence": None, "needs_reference": False, "kl_coef": 0.0},
-    "rkl": {"eps_high": 0.28, "divergence": None, "needs_reference": True, "kl_coef": 0.01},
-    "dph_forward_kl": {"eps_high": 0.28, "divergence": "forward_kl", "needs_reference": False,
-                       "kl_coef": 0.0},
-    "dph_js": {"eps_high": 0.28, "divergence": "js", "needs_reference": False, "kl_coef": 0.0},
-    "dph_alpha": {"eps_high": 0.28, "divergence": "alpha", "needs_reference": False,
-                  "kl_coef": 0.0},
-}
-
-
-def method_defaults(method: str) -> dict:
-    """Defaults of one method: ``eps_high``, ``divergence`` (None or a name for term (3)),
-    ``needs_reference`` (online pi_ref forward) and ``kl_coef`` (term (2)).
-
-    >>> method_defaults("dph_js")["divergence"]
-    'js'
-    """
-    if method not in _METHOD_DEFAULTS:
-        raise ValueError(f"method={method!r} is unknown; choose one of {METHODS}")
-    return dict(_METHOD_DEFAULTS[method])
-
 
 def group_advantages(rewards: torch.Tensor, group_size: int, scale_by_std: bool = True,
                      eps: float = 1e-6) -> torch.Tensor:

@@ -76,7 +76,7 @@ def _curves(results: Mapping[str, EvalResult | list[EvalResult]]) -> dict[str, t
     curves = {}
     for name, res in results.items():
         runs = res if isinstance(res, list) else [res]
-        n = min(r.summary()["n"] if "n" in r.summary() else r.n for r in runs)
+        n = min(r.n for r in runs)
         ks = _ks(n)
         values = np.array([[r.summary(ks)[f"pass@{k}"] for k in ks] for r in runs])  # (seeds, ks)
         curves[name] = (ks, values)
@@ -189,6 +189,6 @@ class LivePlot:
         fig = plot_training_curves({"run": self.history}, self.keys, smooth=1)
         if self.handle is None:
             self.handle = display(fig, display_id=True)
-        elif self.handle is not None:
+        else:
             self.handle.update(fig)
         plt.close(fig)

@@ -119,15 +119,30 @@ def generate(model, tokenizer, prompts: list[str], num_generations: int = 1, max
     reproducible. The model runs in eval mode under ``torch.no_grad``; its training mode is
     restored afterwards. Tensors of the returned :class:`Rollout` live on the model's device.
     """
+    def sample(ids, mask, _prompt_index, *rest):
+        return _sample_chunk(model, ids, mask, *rest)
+
+    return generate_with(sample, model, tokenizer, prompts, num_generations=num_generations,
+                         max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                         greedy=greedy, batch_size=batch_size, generator=generator, progress=progress)
+
+
+def generate_with(sample, model, tokenizer, prompts: list[str], num_generations: int = 1,
+                  max_new_tokens: int = 32, temperature: float = 1.0, top_p: float = 1.0,
+                  greedy: bool = False, batch_size: int | None = None,
+                  generator: torch.Generator | None = None, progress: bool = False) -> Rollout:
+    """``generate``'s batching and packaging around any chunk sampler (``engine.py`` has faster ones):
+    ``sample(ids, mask, prompt_index, max_new_tokens, temperature, top_p, greedy, generator, eos, pad)``
+    returns completion ids, mask and log-probs, each (b, t)."""
     if num_generations < 1 or max_new_tokens < 1:
         raise ValueError(f"num_generations={num_generations} and max_new_tokens={max_new_tokens} must be >= 1")
     if not greedy and temperature <= 0:
         raise ValueError(f"temperature={temperature!r} must be > 0 (use greedy=True for argmax)")
     device = next(model.parameters()).device
     pad_token_id, eos_token_id = _pad_token_id(tokenizer), tokenizer.eos_token_id
-    encoded = tokenizer(list(prompts))["input_ids"]
-    rows = [ids for ids in encoded for _ in range(num_generations)]
+    rows = [ids for ids in tokenizer(list(prompts))["input_ids"] for _ in range(num_generations)]
     prompt_ids, prompt_mask = _left_pad(rows, pad_token_id)  # (B, P)
+    prompt_index = torch.arange(len(prompts)).repeat_interleave(num_generations)  # (B,)
     batch_size = batch_size or len(rows)
     was_training = model.training
     model.eval()
@@ -137,9 +152,9 @@ def generate(model, tokenizer, prompts: list[str], num_generations: int = 1, max
             for start in tqdm(range(0, len(rows), batch_size), desc="generate", disable=not progress):
                 ids, mask = prompt_ids[start:start + batch_size], prompt_mask[start:start + batch_size]
                 first = int(mask.any(0).long().argmax())  # drop columns that are pad in every row
-                chunks.append(_sample_chunk(model, ids[:, first:].to(device), mask[:, first:].to(device),
-                                            max_new_tokens, temperature, top_p, greedy, generator,
-                                            eos_token_id, pad_token_id))
+                chunks.append(sample(ids[:, first:].to(device), mask[:, first:].to(device),
+                                     prompt_index[start:start + batch_size].to(device), max_new_tokens,
+                                     temperature, top_p, greedy, generator, eos_token_id, pad_token_id))
     finally:
         model.train(was_training)
     width = max(c[0].shape[1] for c in chunks)
@@ -150,9 +165,8 @@ def generate(model, tokenizer, prompts: list[str], num_generations: int = 1, max
     completions = tokenizer.batch_decode([ids[:n] for ids, n in zip(completion_ids.tolist(), lengths)],
                                          skip_special_tokens=True)
     has_eos = ((completion_ids == eos_token_id) & completion_mask.bool()).any(-1)  # (B,)
-    prompt_index = torch.arange(len(prompts), device=device).repeat_interleave(num_generations)
     return Rollout(prompt_ids.to(device), prompt_mask.to(device), completion_ids, completion_mask,
-                   logps, completions, prompt_index, ~has_eos)
+                   logps, completions, prompt_index.to(device), ~has_eos)
 
 
 def sequence_logps(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
