@@ -99,12 +99,13 @@ def cmd_compare(args) -> None:
 
 
 def _save_compare_report(rows: list[dict], out: Path, splits: list[str]) -> None:
-    """Print the tables; save Pass@k curves and the table (Markdown) with the command that made them."""
+    """Print the tables; save Pass@k curves, the Pareto front when a coefficient was swept, and the
+    table (Markdown) with the command that made them."""
     import matplotlib
 
     matplotlib.use("Agg")
     from .experiments import format_table
-    from .plots import plot_pass_at_k_curves
+    from .plots import plot_pareto, plot_pass_at_k_curves, sweep_family
 
     command = "dphrl-mini " + " ".join(sys.argv[1:])
     report = [f"Regenerate with:\n\n    {command}\n"]
@@ -114,6 +115,12 @@ def _save_compare_report(rows: list[dict], out: Path, splits: list[str]) -> None
         report.append(f"## {split}\n\n{table}\n")
         fig = plot_pass_at_k_curves(out, split=split)
         fig.savefig(out / f"pass_at_k_{split}.png", dpi=120, bbox_inches="tight")
+        methods = {r["method"] for r in rows}
+        if len({sweep_family(m) for m in methods}) < len(methods):  # some method ran at several coefficients
+            k = max(int(c.split("@")[1]) for c in rows[0] if c.startswith("pass@"))
+            fig = plot_pareto(rows, x="pass@1", y=f"pass@{k}", split=split)
+            fig.savefig(out / f"pareto_{split}.png", dpi=120, bbox_inches="tight")
+            report.append(f"Pareto front: `pareto_{split}.png`.\n")
     (out / "RESULTS.md").write_text("\n".join(report))
 
 

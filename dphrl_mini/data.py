@@ -113,7 +113,7 @@ class PresampleResult:
         self.store.save(folder / "reference_store.pt")
         split = {"pass_rates": self.pass_rates, "k": self.k, "threshold": self.threshold,
                  "exploration": [r["id"] for r in self.exploration],
-                 "near_perfect": [r["id"] for r in self.near_perfect]}
+                 "near_perfect": [r["id"] for r in self.near_perfect], "reference_samples": len(self.store)}
         atomic_write(folder / "presample.json", lambda tmp: tmp.write_text(json.dumps(split)))
 
     @classmethod

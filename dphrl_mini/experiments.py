@@ -102,15 +102,16 @@ def compare(base_config: TrainConfig, variants: dict[str, dict[str, Any]], seeds
             reuse: bool = True) -> list[dict[str, Any]]:
     """Train every variant (config overrides) for every seed on the same data; write the tables.
 
-    With ``reuse``, a variant whose ``eval_{split}.json`` files already exist is not re-run, so an
-    interrupted sweep continues where it stopped.
+    With ``reuse``, a run whose ``eval_{split}.json`` files already exist is loaded, not re-run, so an
+    interrupted sweep continues where it stopped and a stored sweep (``results/``) reloads in
+    seconds. A stored run made with other settings is an error, never silently reused.
     """
     out_dir, splits, ks = Path(out_dir), list(splits), base_config.eval_ks
     rows: list[dict[str, Any]] = []
     for seed in seeds:
         base_dir = out_dir / "base" / f"seed{seed}"
         base_cfg = dataclasses.replace(base_config, seed=seed, output_dir=str(base_dir))
-        if reuse and all((base_dir / f"eval_{s}.json").exists() for s in splits):
+        if reuse and _stored(base_dir, base_cfg, splits):
             base = {s: load_eval(base_dir / f"eval_{s}.json") for s in splits}
         else:
             base = evaluate_base(base_cfg, splits)
@@ -118,13 +119,39 @@ def compare(base_config: TrainConfig, variants: dict[str, dict[str, Any]], seeds
         for name, overrides in variants.items():
             run_dir = out_dir / name / f"seed{seed}"
             cfg = dataclasses.replace(base_config, **overrides, seed=seed, output_dir=str(run_dir))
-            if reuse and all((run_dir / f"eval_{s}.json").exists() for s in base):
+            if reuse and _stored(run_dir, cfg, base):
                 results = {s: load_eval(run_dir / f"eval_{s}.json") for s in base}
             else:
                 results = run(cfg, splits=list(base))["eval"]
             rows += [summary_row(name, seed, s, r, base.get(s), ks) for s, r in results.items()]
         write_tables(rows, out_dir)
     return rows
+
+
+_IRRELEVANT = ("output_dir", "progress", "save_every")
+
+
+def _stored(run_dir: Path, config: TrainConfig, splits: Iterable[str]) -> bool:
+    """True when ``run_dir`` holds finished results of exactly ``config``; raise if it holds
+    results of other settings (stale results must not enter a table unnoticed)."""
+    if not all((run_dir / f"eval_{s}.json").exists() for s in splits):
+        return False
+    saved = run_dir / "config.yaml"
+    if saved.exists():
+        stored, wanted = TrainConfig.from_yaml(saved).to_dict(), config.to_dict()
+        diff = {k: (stored[k], wanted[k]) for k in wanted if k not in _IRRELEVANT and stored[k] != wanted[k]}
+    else:  # a base-model folder: its evaluations say what they measured
+        sizes = {"test": config.eval_size, "ood": config.ood_size}
+        diff = {}
+        for s in splits:
+            data = json.loads((run_dir / f"eval_{s}.json").read_text())
+            if (data["task"], data["n"], len(data["ids"])) != (config.task, config.eval_n, sizes.get(s, len(data["ids"]))):
+                diff[f"eval_{s}.json (task, eval_n, prompts)"] = (
+                    (data["task"], data["n"], len(data["ids"])), (config.task, config.eval_n, sizes.get(s)))
+    if diff:
+        raise ValueError(f"{run_dir} holds results made with other settings (stored, requested): {diff}; "
+                         "use another out_dir, or reuse=False to overwrite them")
+    return True
 
 
 def aggregate_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

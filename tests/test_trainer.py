@@ -187,9 +187,19 @@ def test_cli_end_to_end(tmp_path, capsys):
     main(["eval", *common, "--output-dir", str(tmp_path / "base"), "--base", "--splits", "test"])
     assert (tmp_path / "base" / "eval_test.json").exists()
     out = tmp_path / "cmp"
-    main(["compare", *common, "--variants", "grpo", "dph_js:eta=2", "--out", str(out), "--splits", "test"])
+    main(["compare", *common, "--variants", "grpo", "dph_js:eta=2", "dph_js:eta=4", "--out", str(out), "--splits", "test"])
     summary = (out / "summary.csv").read_text()
     assert "grpo" in summary and "dph_js_eta2" in summary and "base" in summary
+    assert (out / "pass_at_k_test.png").exists() and (out / "pareto_test.png").exists()  # eta was swept
+    assert (out / "RESULTS.md").read_text().startswith("Regenerate with:")
+    stored = (out / "grpo" / "seed0" / "eval_test.json").stat().st_mtime_ns
+    main(["compare", *common, "--variants", "grpo", "--out", str(out), "--splits", "test"])  # reloads, trains nothing
+    assert (out / "grpo" / "seed0" / "eval_test.json").stat().st_mtime_ns == stored
+    with pytest.raises(SystemExit, match="other settings.*lr"):  # stale results are never reused silently
+        main(["compare", *common[:-1], "3e-3", "--variants", "grpo", "--out", str(out), "--splits", "test"])
+    with pytest.raises(SystemExit, match="other settings.*eval_n"):
+        main(["compare", *common, "--eval-n", "4", "--eval-ks", "1", "--variants", "grpo",
+              "--out", str(out), "--splits", "test"])
     printed = capsys.readouterr().out
     assert "pass@1" in printed
     with pytest.raises(SystemExit, match="method"):
