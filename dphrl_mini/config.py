@@ -106,7 +106,10 @@ class TrainConfig:
     keep_references: str = "one"
     """"one" correct reference per near-perfect prompt (as released) or "all_distinct"."""
     train_on: str = "auto"
-    """Prompts for on-policy RL: "all", "exploration" (D_exp only) or "auto" (exploration for DPH)."""
+    """Prompts for on-policy RL: "all", "exploration" (D_exp only), "auto" (exploration for DPH, all
+    otherwise) or "learnable": of those, only prompts the initial policy solved at least once in
+    ``presample_k`` samples (an offline form of DAPO's dynamic sampling, for weak base models whose
+    never-solved prompts only give zero-advantage groups)."""
 
     # --- rollouts --------------------------------------------------------------------------------
     num_generations: int = 16
@@ -216,8 +219,8 @@ class TrainConfig:
             bad("lr_schedule", "use 'constant' or 'cosine'")
         if self.keep_references not in ("one", "all_distinct"):
             bad("keep_references", "use 'one' or 'all_distinct'")
-        if self.train_on not in ("auto", "all", "exploration"):
-            bad("train_on", "use 'auto', 'all' or 'exploration'")
+        if self.train_on not in ("auto", "all", "exploration", "learnable"):
+            bad("train_on", "use 'auto', 'all', 'exploration' or 'learnable'")
         if not 0.0 <= self.presample_threshold <= 1.0:
             bad("presample_threshold", "a pass rate in [0, 1]")
         if any(int(k) < 1 or int(k) > self.eval_n for k in self.eval_ks):

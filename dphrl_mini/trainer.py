@@ -143,7 +143,7 @@ class Trainer:
     def prepare_data(self) -> None:
         """DPH methods: pre-sample once (or load the saved split) and train on D_exp."""
         cfg = self.config
-        needs_split = cfg.dph_divergence() is not None or cfg.train_on == "exploration"
+        needs_split = cfg.dph_divergence() is not None or cfg.train_on in ("exploration", "learnable")
         if not needs_split:
             return
         folder, acc = self.output_dir, self.accelerator
@@ -168,11 +168,15 @@ class Trainer:
                     f"presample_threshold={self.presampled.threshold} but the config says presample_k="
                     f"{cfg.presample_k}, presample_threshold={cfg.presample_threshold}; use another "
                     "output_dir or delete presample.json and reference_store.pt to pre-sample again")
-        if cfg.train_on in ("auto", "exploration"):
-            if self.presampled.exploration:
-                self.pool = self.presampled.exploration
+        if cfg.train_on in ("auto", "exploration", "learnable"):
+            dph_or_exploration = cfg.dph_divergence() is not None or cfg.train_on == "exploration"
+            pool = self.presampled.exploration if dph_or_exploration else self.train_rows
+            if cfg.train_on == "learnable":  # groups of never-solved prompts have zero advantage
+                pool = [r for r in pool if self.presampled.pass_rates[r["id"]] > 0]
+            if pool:
+                self.pool = pool
             else:
-                warnings.warn("every training prompt is near-perfect; training on all prompts")
+                warnings.warn(f"no training prompt fits train_on={cfg.train_on!r}; training on all prompts")
         if cfg.dph_divergence() and len(self.presampled.store) == 0:
             warnings.warn("the reference store is empty (no near-perfect prompts): the DPH term is 0; "
                           "lower `presample_threshold` or raise `presample_k`")

@@ -105,6 +105,18 @@ def test_zero_advantages_only_the_dph_term_moves_weights(tmp_path, method):
         assert len(moved) == len(before), "the DPH term alone must move every LoRA tensor"
 
 
+@pytest.mark.parametrize("method", ["grpo", "dph_js"])
+def test_train_on_learnable_drops_never_solved_prompts(tmp_path, method):
+    trainer = Trainer(tiny_config(tmp_path, method=method, train_on="learnable", train_size=24, presample_k=8))
+    trainer.output_dir.mkdir(parents=True, exist_ok=True)
+    trainer.prepare_data()
+    rates = trainer.presampled.pass_rates
+    expected = [r["id"] for r in trainer.train_rows if rates[r["id"]] > 0
+                and (method == "grpo" or rates[r["id"]] < trainer.config.presample_threshold)]
+    assert 0 < len(expected) < len(trainer.train_rows), "the fixture must have solved and unsolved prompts"
+    assert [r["id"] for r in trainer.pool] == expected
+
+
 def test_presample_store_round_trip_and_fingerprint(tmp_path):
     trainer = Trainer(tiny_config(tmp_path, method="dph_js", presample_threshold=0.0))
     trainer.output_dir.mkdir(parents=True, exist_ok=True)
