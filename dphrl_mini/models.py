@@ -8,7 +8,9 @@ Behaviour of ``load_policy`` (DESIGN.md §2-3):
 2. ``dtype="auto"`` is bfloat16 on CUDA and float32 on CPU; ``device="auto"`` is CUDA when present.
 3. ``quantization="4bit"`` is QLoRA's NF4 with double quantization (compute dtype = ``dtype``);
    ``"8bit"`` is LLM.int8. Both go through ``peft.prepare_model_for_kbit_training``. bitsandbytes
-   >= 0.46 also runs 4-bit on CPU, which the tests use with the tiny model.
+   >= 0.46 also runs 4-bit on CPU, which the tests use with the tiny model; its bf16 CPU kernel
+   (eval mode only) is switched off so that rollouts, old log-probs and the training forward all
+   see the same fp32 policy.
 4. LoRA (``peft.LoraConfig``, task ``CAUSAL_LM``) on ``"all-linear"`` by default; explicitly named
    target modules must exist, else a ``ValueError`` lists the linear modules there are.
    ``adapter_path`` resumes a saved adapter (trainable).
@@ -124,6 +126,10 @@ def load_policy(name_or_path: str = "tiny", *, quantization: str | None = None, 
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     if bnb_config is None:
         model.to(torch_device)
+    elif torch_device.type == "cpu":
+        for module in model.modules():  # bitsandbytes would repack the 4-bit weights for a bf16 CPU
+            if hasattr(module, "support_avx512bf16_for_cpu"):  # kernel used only in eval mode without
+                module.support_avx512bf16_for_cpu = False  # grad: rollouts would sample another policy
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     if model.generation_config is not None and model.generation_config.pad_token_id is None:

@@ -86,26 +86,40 @@ def _sample_chunk(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, ma
 
 def decode(model, logits: torch.Tensor, cache, prompt_mask: torch.Tensor, max_new_tokens: int,
            temperature: float, top_p: float, greedy: bool, generator, eos_token_id: int,
-           pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The decode loop after a prefill (``logits`` (b, V) of the last prompt token, filled ``cache``)."""
-    b = prompt_mask.shape[0]
-    attention_mask = prompt_mask  # (b, P) grows by one column per step
-    next_position = (prompt_mask.cumsum(-1) - 1).clamp(min=0)[:, -1:] + 1  # (b, 1)
-    finished = torch.zeros(b, dtype=torch.bool, device=prompt_mask.device)  # (b,)
-    tokens, logps, masks = [], [], []
-    for _ in range(max_new_tokens):
-        token, logp = _next_token(logits, temperature, top_p, greedy, generator)  # (b,), (b,)
-        masks.append(~finished)
-        tokens.append(token.masked_fill(finished, pad_token_id))
-        logps.append(logp.masked_fill(finished, 0.0))
-        finished = finished | (token == eos_token_id)
-        if bool(finished.all()) or len(tokens) == max_new_tokens:
+           pad_token_id: int, compact_fraction: float = 0.25) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The decode loop after a prefill (``logits`` (b, V) of the last prompt token, filled ``cache``).
+
+    Finished sequences stop costing work: once at least ``compact_fraction`` of the rows still in
+    the batch have emitted EOS, they are dropped from the batch and the KV cache
+    (``cache.batch_select_indices``), so later steps only run the unfinished rows.
+    """
+    b, device = prompt_mask.shape[0], prompt_mask.device
+    attention_mask = prompt_mask  # (a, P+t) for the a rows still in the batch
+    next_position = (prompt_mask.cumsum(-1) - 1).clamp(min=0)[:, -1:] + 1  # (a, 1)
+    rows = torch.arange(b, device=device)  # (a,) output row of each batch row
+    done = torch.zeros(b, dtype=torch.bool, device=device)  # (a,) emitted EOS, not yet dropped
+    out_tokens = torch.full((b, max_new_tokens), pad_token_id, dtype=torch.long, device=device)  # (b, T)
+    out_mask = torch.zeros((b, max_new_tokens), dtype=torch.long, device=device)  # (b, T)
+    out_logps = torch.zeros((b, max_new_tokens), device=device)  # (b, T)
+    for t in range(max_new_tokens):
+        live = ~done  # (a,) only unfinished rows draw a token (the random stream ignores the rest)
+        token, logp = _next_token(logits[live], temperature, top_p, greedy, generator)  # (a',), (a',)
+        out_tokens[rows[live], t], out_logps[rows[live], t], out_mask[rows[live], t] = token, logp, 1
+        step_tokens = torch.full_like(rows, pad_token_id).masked_scatter(live, token)  # (a,)
+        done = done | (step_tokens == eos_token_id)
+        if bool(done.all()) or t == max_new_tokens - 1:
             break
-        attention_mask = torch.cat([attention_mask, attention_mask.new_ones(b, 1)], dim=1)  # (b, P+t)
-        logits = model(input_ids=tokens[-1].unsqueeze(-1), attention_mask=attention_mask,
+        if done.sum() >= max(1.0, compact_fraction * len(done)):  # drop finished rows from batch and cache
+            keep = (~done).nonzero().squeeze(-1)  # (a',)
+            cache.batch_select_indices(keep)
+            rows, step_tokens, done = rows[keep], step_tokens[keep], done[keep]
+            attention_mask, next_position = attention_mask[keep], next_position[keep]
+        attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(rows), 1)], dim=1)  # (a, P+t)
+        logits = model(input_ids=step_tokens.unsqueeze(-1), attention_mask=attention_mask,
                        position_ids=next_position, past_key_values=cache, use_cache=True).logits[:, -1]
         next_position = next_position + 1
-    return torch.stack(tokens, 1), torch.stack(masks, 1).long(), torch.stack(logps, 1)  # (b, t) x3
+    width = t + 1
+    return out_tokens[:, :width], out_mask[:, :width], out_logps[:, :width]  # (b, t) x3
 
 
 def generate(model, tokenizer, prompts: list[str], num_generations: int = 1, max_new_tokens: int = 32,

@@ -37,7 +37,8 @@ def model(tokenizer):
 
 
 def reference_loop(model, tokenizer, prompts, G, max_new_tokens, temperature, generator, greedy=False):
-    """No KV cache: re-run the full [prompt; generated] sequence at every step."""
+    """No KV cache: re-run the full [prompt; generated] sequence at every step; only unfinished
+    rows draw a token (as in ``rollout.decode``, whose random stream skips finished rows)."""
     rows = [ids for ids in tokenizer(prompts)["input_ids"] for _ in range(G)]
     width = max(map(len, rows))
     ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(r)) + r for r in rows])
@@ -48,13 +49,13 @@ def reference_loop(model, tokenizer, prompts, G, max_new_tokens, temperature, ge
         for _ in range(max_new_tokens):
             position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
             logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids).logits[:, -1]
+            token = torch.full((len(rows),), tokenizer.pad_token_id)
             if greedy:
-                token = logits.argmax(-1)
+                token[~done] = logits[~done].argmax(-1)
             else:
-                probs = torch.softmax(logits.float() / temperature, dim=-1)
-                token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+                probs = torch.softmax(logits[~done].float() / temperature, dim=-1)
+                token[~done] = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
             out_mask.append(~done)
-            token = token.masked_fill(done, tokenizer.pad_token_id)
             out_tokens.append(token)
             done = done | (token == tokenizer.eos_token_id)
             if done.all():
