@@ -32,6 +32,7 @@ from typing import Callable
 import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
 from toy_bandits.mara import mara_rewards
@@ -366,13 +367,16 @@ class Trainer:
 
     # --- checkpoints -----------------------------------------------------------------------------
     def save_checkpoint(self) -> Path | None:
+        """Every process calls this (it gathers each one's RNG state); the main process writes."""
+        rng = {"python": random.getstate(), "numpy": np.random.get_state(),
+               "torch": torch.get_rng_state(), "generator": self.generator.get_state()}
+        rng_per_process = gather_object([rng]) if self.accelerator.num_processes > 1 else [rng]
         if not self.accelerator.is_main_process:
             return None
         state = {"step": self.step_index, "data_state": dict(self.data_state),
                  "nonfinite_in_a_row": self.nonfinite_in_a_row, "history": self.history,
                  "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                 "rng": {"python": random.getstate(), "numpy": np.random.get_state(),
-                         "torch": torch.get_rng_state(), "generator": self.generator.get_state()}}
+                 "rng_per_process": rng_per_process}
 
         def fill(folder: Path) -> None:
             self.policy.save_pretrained(folder / "adapter")
@@ -397,10 +401,15 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.step_index, self.data_state = state["step"], state["data_state"]
         self.nonfinite_in_a_row, self.history = state["nonfinite_in_a_row"], state["history"]
-        random.setstate(state["rng"]["python"])
-        np.random.set_state(state["rng"]["numpy"])
-        torch.set_rng_state(state["rng"]["torch"])
-        self.generator.set_state(state["rng"]["generator"])
+        rngs, rank = state["rng_per_process"], self.accelerator.process_index
+        if len(rngs) != self.accelerator.num_processes:
+            warnings.warn(f"checkpoint {folder} was saved by {len(rngs)} process(es), resuming with "
+                          f"{self.accelerator.num_processes}: sampling will not repeat the uninterrupted run")
+        rng = rngs[rank % len(rngs)]
+        random.setstate(rng["python"])
+        np.random.set_state(rng["numpy"])
+        torch.set_rng_state(rng["torch"])
+        self.generator.set_state(rng["generator"])
         if self.accelerator.is_main_process:  # metrics.jsonl = exactly the steps up to the checkpoint
             ckpt.atomic_write_text(self.output_dir / "metrics.jsonl",
                                    "".join(json.dumps(m) + "\n" for m in self.history))

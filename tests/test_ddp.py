@@ -40,5 +40,9 @@ def test_two_cpu_processes_train_and_write_once(tmp_path):
     assert (out / "adapter" / "adapter_model.safetensors").exists()
     assert (out / "presample.json").exists() and (out / "reference_store.pt").exists()
     assert (out / "checkpoint-000002" / "manifest.json").exists()
+    import torch
+
+    rngs = torch.load(out / "checkpoint-000002" / "state.pt", weights_only=False)["rng_per_process"]
+    assert len(rngs) == 2 and not torch.equal(rngs[0]["generator"], rngs[1]["generator"])  # each rank resumes its own
     assert (out / "eval_test.json").exists()
     assert not list(out.glob(".*.tmp")), "a process left temporary files behind"
