@@ -196,6 +196,9 @@ def format_table(rows: list[dict[str, Any]], split: str = "test", columns: Itera
         for c in columns:
             scale = 1 if c == "distinct_correct" else 100
             std = r.get(f"{c}_std", 0.0)
+            if np.isnan(r[c]):  # e.g. kept_frac when the base model solved no prompt of the split
+                cells.append("n/a")
+                continue
             cells.append(f"{scale * r[c]:.1f}" + (f" ± {scale * std:.1f}" if r.get("seeds", 1) > 1 else ""))
         lines.append(f"| {r['method']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
