@@ -149,7 +149,7 @@ def plot_pareto(rows: list[dict], x: str = "pass@1", y: str = "pass@64", split: 
 
     group = group or sweep_family
     table = [r for r in aggregate_rows(rows) if r["split"] == split and x in r and y in r]
-    fig, ax = plt.subplots(figsize=(6, 4.5))
+    fig, ax = plt.subplots(figsize=(8.5, 4.5))
     families: dict[str, list[dict]] = {}
     for r in table:
         families.setdefault(group(r["method"]), []).append(r)
@@ -164,7 +164,7 @@ def plot_pareto(rows: list[dict], x: str = "pass@1", y: str = "pass@64", split: 
     ax.set_ylabel(f"{y} (%)")
     ax.set_title(f"Pareto front, {split} split (up and right is better)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))  # beside the points, not on them
     fig.tight_layout()
     return fig
 
