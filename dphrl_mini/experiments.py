@@ -165,6 +165,7 @@ def aggregate_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         entry: dict[str, Any] = {"method": method, "split": split, "seeds": len(group)}
         for k in keys:
             values = np.array([g[k] for g in group if k in g], dtype=float)
+            values = values[~np.isnan(values)]  # e.g. kept_frac of a seed whose base solved nothing
             entry[k] = float(values.mean()) if len(values) else float("nan")
             entry[f"{k}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
         table.append(entry)
