@@ -92,10 +92,10 @@ def plot_pass_at_k_curves(results: Mapping[str, EvalResult | list[EvalResult]] |
     for name, (ks, values) in _curves(results).items():
         mean = 100 * values.mean(0)
         style = dict(color="black", linestyle="--", linewidth=2) if name == "base" else {}
-        ax.plot(ks, mean, marker="o", markersize=3, label=name, **style)
+        (line,) = ax.plot(ks, mean, marker="o", markersize=3, label=name, **style)
         if len(values) > 1:
             std = 100 * values.std(0, ddof=1)
-            ax.fill_between(ks, mean - std, mean + std, alpha=0.15, color=style.get("color"))
+            ax.fill_between(ks, mean - std, mean + std, alpha=0.15, color=line.get_color())
     ax.set_xscale("log", base=2)
     ax.set_ylim(bottom=0)  # a Pass@k of 0 stays at the bottom, not in the middle of a +-0.05 axis
     ax.set_xlabel("k (samples per prompt)")
