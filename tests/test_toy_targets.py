@@ -119,7 +119,7 @@ def test_matches_numerical_optimizer(div, zeros):
 @pytest.mark.parametrize("div", DIVERGENCES)
 def test_extreme_beta_kkt_and_optimizer(div):
     misses: list[bool] = []
-    for seed in range(4):
+    for seed in range(10):  # 20 cases, so that the 10% stall allowance is not a zero-tolerance bound
         r, ref = random_bandit(seed, zeros=seed % 2 == 1)
         for beta in (1e-6, 1e6):
             check_against_optimizer(r, ref, beta, div, misses)
