@@ -76,14 +76,10 @@ def _plain_weight(module: torch.nn.Module, dtype: torch.dtype) -> torch.Tensor:
         from peft.utils.integrations import dequantize_bnb_weight
 
         state = getattr(weight, "quant_state", None) or getattr(module, "state", None)
-        if getattr(state, "packing_format_for_cpu", False):
-            # bitsandbytes repacked the weights for its bf16 CPU kernel (models.load_policy prevents
-            # that); undo it on a copy (the inverse edits the state it is given). Approximate: with
-            # double quantization the absmax is quantized again (~1e-3 weight error).
-            from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse, dequantize_4bit
-
-            data, state = _convert_weight_packed_for_cpu_inverse(weight.data, _copy.deepcopy(state))
-            return dequantize_4bit(data, state).to(dtype)
+        if getattr(state, "packing_format_for_cpu", False):  # dequantizing these gives garbage
+            raise ValueError("these 4-bit weights were repacked for bitsandbytes' bf16 CPU kernel; load the model "
+                             "with dphrl_mini.models.load_policy (which switches that kernel off), or set "
+                             "support_avx512bf16_for_cpu=False on every Linear4bit before its first forward")
         return dequantize_bnb_weight(weight, state).to(dtype)
     return weight.detach().to(dtype)
 

@@ -142,7 +142,8 @@ class Trainer:
         return self._eval_rows[split]
 
     def prepare_data(self) -> None:
-        """DPH methods: pre-sample once (or load the saved split) and train on D_exp."""
+        """DPH methods (and ``train_on`` "exploration"/"learnable"): pre-sample once (or load the
+        saved split) and choose the RL prompt pool."""
         cfg = self.config
         needs_split = cfg.dph_divergence() is not None or cfg.train_on in ("exploration", "learnable")
         if not needs_split:

@@ -169,3 +169,21 @@ def test_four_bit_rollouts_from_dequantized_copy():
         rescored = sequence_logps(model, merged.prompt_ids, merged.prompt_mask, merged.completion_ids,
                                   merged.completion_mask).detach()
         torch.testing.assert_close(merged.logps, rescored.float(), atol=2e-3, rtol=0)
+
+
+def test_repacked_four_bit_weights_are_refused_not_dequantized_wrongly():
+    """bitsandbytes repacks CPU 4-bit weights for a bf16 kernel in eval mode; load_policy turns that
+    off, and a model where it happened anyway is refused with a message instead of sampled wrongly."""
+    pytest.importorskip("bitsandbytes")
+    model, tok = load_policy("tiny", quantization="4bit", lora_rank=8, device="cpu")
+    layers = [m for m in model.modules() if hasattr(m, "support_avx512bf16_for_cpu")]
+    assert layers and not any(m.support_avx512bf16_for_cpu for m in layers)  # load_policy's setting
+    for m in layers:
+        m.support_avx512bf16_for_cpu = True
+    model.eval()
+    with torch.no_grad():
+        model(input_ids=torch.tensor([[5, 6, 7]]))
+    if not any(getattr(m.weight.quant_state, "packing_format_for_cpu", False) for m in layers):
+        pytest.skip("this CPU has no avx512-bf16: bitsandbytes never repacks here")
+    with pytest.raises(ValueError, match="repacked.*load_policy"):
+        RolloutEngine(model, "merged").generate(tok, PROMPTS, num_generations=2, max_new_tokens=4)
