@@ -95,10 +95,10 @@ def cmd_compare(args) -> None:
     cfg = config_from_args(args)
     variants = parse_variants(args.variants)
     rows = compare(cfg, variants, seeds=args.seeds, out_dir=args.out, splits=args.splits)
-    _save_compare_report(rows, Path(args.out), args.splits)
+    _save_compare_report(rows, Path(args.out), args.splits, k=max(cfg.eval_ks))
 
 
-def _save_compare_report(rows: list[dict], out: Path, splits: list[str]) -> None:
+def _save_compare_report(rows: list[dict], out: Path, splits: list[str], k: int) -> None:
     """Print the tables; save Pass@k curves, the Pareto front when a coefficient was swept, and the
     table (Markdown) with the command that made them."""
     import matplotlib
@@ -107,6 +107,8 @@ def _save_compare_report(rows: list[dict], out: Path, splits: list[str]) -> None
     from .experiments import format_table
     from .plots import plot_pareto, plot_pass_at_k_curves, sweep_family
 
+    methods = {r["method"] for r in rows}
+    swept = len({sweep_family(m) for m in methods}) < len(methods)  # a method ran at several coefficients
     command = "dphrl-mini " + " ".join(sys.argv[1:])
     report = [f"Regenerate with:\n\n    {command}\n"]
     for split in splits:
@@ -115,9 +117,7 @@ def _save_compare_report(rows: list[dict], out: Path, splits: list[str]) -> None
         report.append(f"## {split}\n\n{table}\n")
         fig = plot_pass_at_k_curves(out, split=split)
         fig.savefig(out / f"pass_at_k_{split}.png", dpi=120, bbox_inches="tight")
-        methods = {r["method"] for r in rows}
-        if len({sweep_family(m) for m in methods}) < len(methods):  # some method ran at several coefficients
-            k = max(int(c.split("@")[1]) for c in rows[0] if c.startswith("pass@"))
+        if swept:
             fig = plot_pareto(rows, x="pass@1", y=f"pass@{k}", split=split)
             fig.savefig(out / f"pareto_{split}.png", dpi=120, bbox_inches="tight")
             report.append(f"Pareto front: `pareto_{split}.png`.\n")

@@ -22,21 +22,21 @@ _METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     # eps_high: clip-higher 0.28 everywhere except GRPO (papers/dph-rl.md §1.5, "clip" row).
     # kl_coef: 0.01 is the released kl_loss_coef of the k3 reverse-KL baseline.
     # divergence: the generator loss DPH applies on stored reference samples (DESIGN.md §1).
-    # needs_reference: an online pi_ref forward each step (MARA needs one too; see TrainConfig).
-    "grpo": {"eps_high": 0.2, "divergence": None, "needs_reference": False, "kl_coef": 0.0},
-    "dapo": {"eps_high": 0.28, "divergence": None, "needs_reference": False, "kl_coef": 0.0},
-    "rkl": {"eps_high": 0.28, "divergence": None, "needs_reference": True, "kl_coef": 0.01},
-    "dph_forward_kl": {"eps_high": 0.28, "divergence": "forward_kl", "needs_reference": False, "kl_coef": 0.0},
-    "dph_js": {"eps_high": 0.28, "divergence": "js", "needs_reference": False, "kl_coef": 0.0},
-    "dph_alpha": {"eps_high": 0.28, "divergence": "alpha", "needs_reference": False, "kl_coef": 0.0},
+    # An online pi_ref forward is needed when kl_coef > 0 or with MARA (needs_reference_model).
+    "grpo": {"eps_high": 0.2, "divergence": None, "kl_coef": 0.0},
+    "dapo": {"eps_high": 0.28, "divergence": None, "kl_coef": 0.0},
+    "rkl": {"eps_high": 0.28, "divergence": None, "kl_coef": 0.01},
+    "dph_forward_kl": {"eps_high": 0.28, "divergence": "forward_kl", "kl_coef": 0.0},
+    "dph_js": {"eps_high": 0.28, "divergence": "js", "kl_coef": 0.0},
+    "dph_alpha": {"eps_high": 0.28, "divergence": "alpha", "kl_coef": 0.0},
 }
 METHODS: tuple[str, ...] = tuple(_METHOD_DEFAULTS)
 """Every training method, by the name used in configs, logs and plots."""
 
 
 def method_defaults(method: str) -> dict[str, Any]:
-    """Defaults of one method: ``eps_high``, ``divergence`` (None or the DPH generator),
-    ``needs_reference`` (online pi_ref forward) and ``kl_coef`` (reverse-KL penalty).
+    """Defaults of one method: ``eps_high``, ``divergence`` (None or the DPH generator) and
+    ``kl_coef`` (reverse-KL penalty).
 
     >>> method_defaults("dph_js")["divergence"]
     'js'

@@ -379,5 +379,3 @@ def static_generate(decoder: StaticDecoder, tokenizer, prompts: list[str], **kwa
 def merged_generate(model, tokenizer, prompts: list[str], **kwargs) -> Rollout:
     """``rollout.generate`` with one shared prefill per prompt (same random stream, same tokens)."""
     return generate_with(lambda *a: _sample_chunk_shared(model, *a), model, tokenizer, prompts, **kwargs)
-
-

@@ -104,7 +104,8 @@ def compare(base_config: TrainConfig, variants: dict[str, dict[str, Any]], seeds
 
     With ``reuse``, a run whose ``eval_{split}.json`` files already exist is loaded, not re-run, so an
     interrupted sweep continues where it stopped and a stored sweep (``results/``) reloads in
-    seconds. A stored run made with other settings is an error, never silently reused.
+    seconds. A stored run whose ``config.yaml`` differs from the requested one is an error, not reused;
+    base-model folders (no config) are checked by task, ``eval_n`` and prompt count only.
     """
     out_dir, splits, ks = Path(out_dir), list(splits), base_config.eval_ks
     rows: list[dict[str, Any]] = []
@@ -140,7 +141,7 @@ def _stored(run_dir: Path, config: TrainConfig, splits: Iterable[str]) -> bool:
     if saved.exists():
         stored, wanted = TrainConfig.from_yaml(saved).to_dict(), config.to_dict()
         diff = {k: (stored[k], wanted[k]) for k in wanted if k not in _IRRELEVANT and stored[k] != wanted[k]}
-    else:  # a base-model folder: its evaluations say what they measured
+    else:  # a base-model folder: only what its evaluations record (task, samples, prompts) is checked
         sizes = {"test": config.eval_size, "ood": config.ood_size}
         diff = {}
         for s in splits:

@@ -107,9 +107,10 @@ def decode(model, logits: torch.Tensor, cache, prompt_mask: torch.Tensor, max_ne
         out_tokens[rows[live], t], out_logps[rows[live], t], out_mask[rows[live], t] = token, logp, 1
         step_tokens = torch.full_like(rows, pad_token_id).masked_scatter(live, token)  # (a,)
         done = done | (step_tokens == eos_token_id)
-        if bool(done.all()) or t == max_new_tokens - 1:
+        n_done = int(done.sum())  # the one host sync of the step
+        if n_done == len(done) or t == max_new_tokens - 1:
             break
-        if done.sum() >= max(1.0, compact_fraction * len(done)):  # drop finished rows from batch and cache
+        if n_done >= max(1.0, compact_fraction * len(done)):  # drop finished rows from batch and cache
             keep = (~done).nonzero().squeeze(-1)  # (a',)
             cache.batch_select_indices(keep)
             rows, step_tokens, done = rows[keep], step_tokens[keep], done[keep]

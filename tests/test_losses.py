@@ -190,9 +190,9 @@ def test_method_defaults():
     assert set(METHODS) == {"grpo", "dapo", "rkl", "dph_forward_kl", "dph_js", "dph_alpha"}
     for method in METHODS:
         d = method_defaults(method)
-        assert set(d) == {"eps_high", "divergence", "needs_reference", "kl_coef"}
+        assert set(d) == {"eps_high", "divergence", "kl_coef"}
         assert d["eps_high"] == (0.2 if method == "grpo" else 0.28)
-        assert d["needs_reference"] == (method == "rkl") == (d["kl_coef"] > 0)
+        assert (d["kl_coef"] > 0) == (method == "rkl")  # the only method with an online reference by default
         if method.startswith("dph_"):
             assert d["divergence"] == method.removeprefix("dph_")
             assert d["divergence"] in losses.DPH_DIVERGENCES

@@ -260,7 +260,8 @@ def _problems(split: str) -> tuple[tuple[tuple[int, ...], int, int], ...]:
             if value.denominator == 1 and lo <= value <= hi:
                 counts[int(value)] = counts.get(int(value), 0) + 1
         for target, count in sorted(counts.items()):
-            if split == "ood" and count < MIN_SOLUTIONS or count >= MIN_SOLUTIONS and _split_of(nums, target) == split:
+            sparse = count < MIN_SOLUTIONS  # the ood split; train/test need many correct answers
+            if sparse if split == "ood" else (not sparse and _split_of(nums, target) == split):
                 problems.append((nums, target, count))
     return tuple(problems)
 
