@@ -25,8 +25,9 @@ from typing import Any
 import torch
 
 from .checkpoint import atomic_write, sha256_file
+from .packing import packed_logps
 from .rewards import score_completions
-from .rollout import generate, sequence_logps
+from .rollout import generate
 
 
 def reward_columns(rows: list[dict], repeat: int = 1) -> dict[str, list]:
@@ -138,8 +139,8 @@ def presample(model, tokenizer, rows: list[dict], task, *, k: int = 8, threshold
     """Sample ``k`` completions per row from the (initial) ``model`` and split the rows.
 
     ``prompts`` overrides the text fed to the model (e.g. chat-templated); defaults to row["prompt"].
-    Reference log-probs are recomputed with a full forward pass (``sequence_logps``) so that they
-    match what the trainer computes for the policy at the same tokens.
+    Reference log-probs are recomputed with the trainer's own forward (``packing.packed_logps``)
+    so that they match what the trainer computes for the policy at the same tokens.
     """
     if keep not in ("one", "all_distinct"):
         raise ValueError(f"keep={keep!r}: use 'one' or 'all_distinct'")
@@ -182,7 +183,7 @@ def _store_from_rollout(model, rollout, chosen: list[int], row_ids: list[str], f
     prompt_ids, completion_ids, reference_logps = [], [], []
     for start in range(0, len(chosen), batch_size):
         idx = torch.tensor(chosen[start:start + batch_size], dtype=torch.long)
-        logps = sequence_logps(model, rollout.prompt_ids[idx], rollout.prompt_mask[idx],
+        logps = packed_logps(model, rollout.prompt_ids[idx], rollout.prompt_mask[idx],
                                rollout.completion_ids[idx], rollout.completion_mask[idx],
                                temperature=temperature)  # (b, T)
         for row, j in enumerate(idx.tolist()):

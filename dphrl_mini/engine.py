@@ -21,9 +21,7 @@ prefill once per distinct prompt and indexes its KV cache out to the prompt's G 
 3. ``"auto"``: ``"static"`` on CUDA, ``"merged"`` elsewhere. ``"plain"`` = ``rollout.generate``
    on the PEFT model itself.
 
-``shared_prompt_logps`` applies the same prompt sharing to the trainer's log-prob forward (with
-gradients: the G copies of a prompt's keys/values are one tensor indexed G times, so autograd sums
-their gradients), for the same values and gradients as ``rollout.sequence_logps``.
+The trainer's log-prob forward shares prompts too, by packing (``packing.packed_logps``).
 
 All modes return a ``rollout.Rollout`` whose ``logps`` are the temperature-scaled log-probs of the
 sampled tokens under the current policy, as ``rollout.generate`` records them. With the same
@@ -175,43 +173,8 @@ def _prefill_distinct(model, prompt_ids, prompt_mask, index):
     cache = DynamicCache(config=model.config)
     logits = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
                    past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]  # (u, V)
-    cache.batch_select_indices(inverse)  # (u, ...) -> (b, ...); autograd sums the copies' gradients
-    return logits[inverse], cache, inverse
-
-
-def shared_prompt_logps(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, completion_ids: torch.Tensor,
-                        completion_mask: torch.Tensor, prompt_index: torch.Tensor, temperature: float = 1.0,
-                        return_entropy: bool = False):
-    """``rollout.sequence_logps`` with the prompt forward done once per distinct prompt.
-
-    A group's G rows share their prompt, so its keys/values are computed once (with gradient) and
-    indexed out to the G rows; the completions then run on top of that cache. Same values and
-    gradients as ``sequence_logps`` (up to float rounding) for about ``P / (P + T)`` less compute
-    per group. Needs a KV cache in training mode, so not with gradient checkpointing (the caller
-    falls back to ``sequence_logps`` there) and ``prompt_index`` marking rows with equal prompts.
-    """
-    from .rollout import sequence_logps
-
-    device = next(model.parameters()).device
-    prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
-    completion_ids, completion_mask = completion_ids.to(device), completion_mask.to(device)
-    prefill = _prefill_distinct(model, prompt_ids, prompt_mask, prompt_index)
-    if prefill is None:
-        return sequence_logps(model, prompt_ids, prompt_mask, completion_ids, completion_mask,
-                              temperature=temperature, return_entropy=return_entropy)
-    first_logits, cache, _ = prefill
-    attention_mask = torch.cat([prompt_mask, completion_mask], 1).long()  # (B, P+T)
-    positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)[:, prompt_ids.shape[1]:]  # (B, T)
-    rest = model(input_ids=completion_ids, attention_mask=attention_mask, position_ids=positions,
-                 past_key_values=cache, use_cache=True).logits[:, :-1]  # (B, T-1, V) predicts y_2..y_T
-    logits = torch.cat([first_logits.unsqueeze(1), rest], 1).float() / temperature  # (B, T, V)
-    log_norm = torch.logsumexp(logits, dim=-1)  # (B, T)
-    mask = completion_mask.bool()
-    logps = (logits.gather(-1, completion_ids.unsqueeze(-1)).squeeze(-1) - log_norm).masked_fill(~mask, 0.0)
-    if not return_entropy:
-        return logps
-    logprobs = logits - log_norm.unsqueeze(-1)
-    return logps, -(logprobs.exp() * logprobs).sum(-1).masked_fill(~mask, 0.0)
+    cache.batch_select_indices(inverse)  # (u, ...) -> (b, ...)
+    return logits[inverse], cache
 
 
 @torch.no_grad()
@@ -224,7 +187,7 @@ def _sample_chunk_shared(model, prompt_ids, prompt_mask, index, max_new_tokens, 
     if prefill is None:
         return _sample_chunk(model, prompt_ids, prompt_mask, max_new_tokens, temperature, top_p, greedy,
                              generator, eos_token_id, pad_token_id)
-    logits, cache, _ = prefill
+    logits, cache = prefill
     return decode(model, logits, cache, prompt_mask, max_new_tokens, temperature, top_p, greedy,
                   generator, eos_token_id, pad_token_id)
 
@@ -278,7 +241,7 @@ class StaticDecoder:
                                 cache_position=torch.arange(P, device=prompt_ids.device), past_key_values=cache,
                                 use_cache=True, logits_to_keep=1).logits[:, -1]
         else:  # shared prefill, copied into the preallocated cache
-            logits, shared, _ = prefill
+            logits, shared = prefill
             for i, layer in enumerate(shared.layers):
                 cache.update(layer.keys, layer.values, i, {"cache_position": torch.arange(P, device=prompt_ids.device)})
         tokens = torch.full((b, max_new_tokens), pad_token_id, dtype=torch.long, device=prompt_ids.device)

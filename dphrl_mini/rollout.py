@@ -199,11 +199,18 @@ def sequence_logps(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # (B, P+T)
     logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                    use_cache=False, logits_to_keep=T + 1).logits[:, :-1]  # (B, T, V) predicts y_t
+    return completion_logps(logits, completion_ids.to(device), completion_mask.to(device), temperature, return_entropy)
+
+
+def completion_logps(logits: torch.Tensor, completion_ids: torch.Tensor, completion_mask: torch.Tensor,
+                     temperature: float = 1.0, return_entropy: bool = False):
+    """From the (B, T, V) logits that predict each completion token: its log-prob under the
+    temperature-scaled distribution (B, T), and optionally that distribution's entropy (B, T);
+    zeros where ``completion_mask`` is 0."""
     logits = logits.float() / temperature  # (B, T, V)
     log_norm = torch.logsumexp(logits, dim=-1)  # (B, T)
-    targets = completion_ids.to(device).unsqueeze(-1)  # (B, T, 1)
-    mask = completion_mask.to(device).bool()  # (B, T)
-    logps = (logits.gather(-1, targets).squeeze(-1) - log_norm).masked_fill(~mask, 0.0)  # (B, T)
+    mask = completion_mask.bool()  # (B, T)
+    logps = (logits.gather(-1, completion_ids.unsqueeze(-1)).squeeze(-1) - log_norm).masked_fill(~mask, 0.0)
     if not return_entropy:
         return logps
     logprobs = logits - log_norm.unsqueeze(-1)  # (B, T, V)

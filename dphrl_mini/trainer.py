@@ -40,12 +40,13 @@ from toy_bandits.mara import mara_rewards
 from . import checkpoint as ckpt
 from .config import TrainConfig
 from .data import PresampleResult, presample, reward_columns
-from .engine import RolloutEngine, shared_prompt_logps
+from .engine import RolloutEngine
 from .evaluate import EvalResult, evaluate
 from .losses import aggregate, clipped_surrogate, divergence_per_token, group_advantages, kl_penalty_per_token
-from .models import load_policy, model_fingerprint, reference_mode
+from .models import lean_lora, load_policy, model_fingerprint, reference_mode
+from .packing import packed_logps
 from .rewards import score_completions
-from .rollout import Rollout, sequence_logps
+from .rollout import Rollout
 from .tasks import get_task
 
 OOM_HINT = ("out of GPU memory: lower `micro_batch_size` or `generation_batch_size`, shorten "
@@ -197,13 +198,12 @@ class Trainer:
 
     # --- one RL step -----------------------------------------------------------------------------
     def _logps(self, rollout: Rollout, rows: torch.Tensor, entropy: bool = False):
-        args = (self.model, rollout.prompt_ids[rows], rollout.prompt_mask[rows],
-                rollout.completion_ids[rows], rollout.completion_mask[rows])
-        if self.config.gradient_checkpointing or self.accelerator.num_processes > 1:  # no KV cache / one forward for DDP
-            return sequence_logps(*args, temperature=self.config.temperature, return_entropy=entropy)
-        # the prompt forward once per group, not G times (engine.py; same values and gradients)
-        return shared_prompt_logps(*args, rollout.prompt_index[rows], temperature=self.config.temperature,
-                                   return_entropy=entropy)
+        """Per-token log-probs (and entropies) of ``rows``: one packed forward with a fused LoRA
+        forward (packing.py, models.lean_lora; same values and gradients as sequence_logps)."""
+        with lean_lora(self.policy):
+            return packed_logps(self.model, rollout.prompt_ids[rows], rollout.prompt_mask[rows],
+                                rollout.completion_ids[rows], rollout.completion_mask[rows],
+                                temperature=self.config.temperature, return_entropy=entropy)
 
     @torch.no_grad()
     def _no_grad_logps(self, rollout: Rollout) -> torch.Tensor:
@@ -346,8 +346,9 @@ class Trainer:
         for start in range(0, len(indices), cfg.micro_batch_size):
             part = indices[start:start + cfg.micro_batch_size]
             batch = store.batch(part, self.tokenizer.pad_token_id, self.device)
-            logps = sequence_logps(self.model, batch["prompt_ids"], batch["prompt_mask"], batch["completion_ids"],
-                                   batch["completion_mask"], temperature=cfg.temperature)  # (b, T)
+            with lean_lora(self.policy):
+                logps = packed_logps(self.model, batch["prompt_ids"], batch["prompt_mask"], batch["completion_ids"],
+                                     batch["completion_mask"], temperature=cfg.temperature)  # (b, T)
             per_token = divergence_per_token(logps, batch["reference_logps"], divergence, alpha=cfg.alpha)
             m = batch["completion_mask"]
             part_loss = (per_token * m).sum() / total_tokens  # token-mean over the whole reference batch

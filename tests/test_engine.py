@@ -126,34 +126,6 @@ def test_static_cuda_graph_path():
     torch.testing.assert_close(out.logps, rescored.detach().float(), atol=5e-2, rtol=0)
 
 
-def test_shared_prompt_logps_same_values_and_gradients(policy):
-    from dphrl_mini.engine import shared_prompt_logps
-
-    model, tok = policy
-    r = generate(model, tok, PROMPTS, num_generations=3, max_new_tokens=10, generator=torch.Generator().manual_seed(5))
-    rows = torch.tensor([0, 1, 2, 4, 5, 7, 8])  # groups split across the micro-batch, one prompt absent
-    args = (model, r.prompt_ids[rows], r.prompt_mask[rows], r.completion_ids[rows], r.completion_mask[rows])
-    model.train()
-    grads = []
-    for shared in (False, True):
-        model.zero_grad(set_to_none=True)
-        if shared:
-            logps, ent = shared_prompt_logps(*args, r.prompt_index[rows], temperature=0.8, return_entropy=True)
-        else:
-            logps, ent = sequence_logps(*args, temperature=0.8, return_entropy=True)
-        (logps.sum() + 0.1 * ent.sum()).backward()
-        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
-        if not shared:
-            expected = (logps.detach(), ent.detach())
-    torch.testing.assert_close(logps.detach(), expected[0], atol=1e-5, rtol=0)
-    torch.testing.assert_close(ent.detach(), expected[1], atol=1e-5, rtol=0)
-    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 0
-    for name in grads[0]:
-        torch.testing.assert_close(grads[1][name], grads[0][name], atol=1e-5, rtol=1e-4)
-    model.zero_grad(set_to_none=True)
-    model.eval()
-
-
 def test_four_bit_rollouts_from_dequantized_copy():
     """4-bit base: the merged copy holds the dequantized weights + LoRA; same policy as the 4-bit path."""
     pytest.importorskip("bitsandbytes")
