@@ -116,8 +116,9 @@ def countdown_rows(n: int):
 
 
 # --- dphrl-mini ----------------------------------------------------------------------------------
-def run_dphrl(args, path: str, method: str, engine: str) -> dict:
+def run_dphrl(args, path: str, method: str, engine: str, pack: bool = True) -> dict:
     from dphrl_mini.config import TrainConfig
+    from dphrl_mini.packing import MASKED_ATTENTION, attention_implementation
     from dphrl_mini.trainer import Trainer
 
     cfg = TrainConfig(model=path, method=method, task="countdown", quantization=args.quantization,
@@ -128,8 +129,8 @@ def run_dphrl(args, path: str, method: str, engine: str) -> dict:
                       steps=args.warmup + args.steps, lr=1e-5, train_size=max(64, args.prompts * (args.warmup + args.steps)),
                       presample_k=4, presample_threshold=0.25, reference_batch_size=args.reference_batch_size,
                       eval_size=1, ood_size=1, eval_ks=[1], eval_n=1, progress=False, rollout_engine=engine,
-                      output_dir=tempfile.mkdtemp(prefix=f"bench-{method}-"), seed=0)
-    out: dict = {"framework": "dphrl-mini", "method": method, "rollout_engine": engine}
+                      pack_sequences=pack, output_dir=tempfile.mkdtemp(prefix=f"bench-{method}-"), seed=0)
+    out: dict = {"framework": "dphrl-mini", "method": method, "rollout_engine": engine, "pack_sequences": pack}
     with peak_memory(args.device, out):
         trainer = Trainer(cfg)
         trainer.output_dir.mkdir(parents=True, exist_ok=True)
@@ -145,7 +146,7 @@ def run_dphrl(args, path: str, method: str, engine: str) -> dict:
             if i >= args.warmup:
                 steps.append((time.perf_counter() - t, metrics))
     out["engine_resolved"] = trainer.engine.mode
-    out["shared_prompt_forward"] = not (cfg.gradient_checkpointing or trainer.accelerator.num_processes > 1)
+    out["packed_forward"] = pack and attention_implementation(trainer.model) in MASKED_ATTENTION
     out["raw_steps"] = [(s, m["time_rollout"], m["completion_length"] * args.prompts * args.G) for s, m in steps]
     return out
 
@@ -308,6 +309,7 @@ def main(argv=None) -> dict:
     plan = [(run_dphrl, path, "grpo", args.engine)]
     if args.engine != "plain":
         plan.append((run_dphrl, path, "grpo", "plain"))
+    plan.append((run_dphrl, path, "grpo", args.engine, False))  # padded training forward
     if not args.skip_trl:
         plan.append((run_trl, path))
     if not args.skip_dph:
@@ -327,21 +329,24 @@ def main(argv=None) -> dict:
     print(f"{'framework':<11} {'method':<22} {'s/step':>8} {'rollout_s':>9} {'rollout tok/s':>11} "
           f"{'train tok/s':>11} {mem}")
     for r in results:
-        print(_row(r) + (f"  [engine={r['engine_resolved']}]" if "engine_resolved" in r else ""))
+        tags = f"  [engine={r['engine_resolved']}{'' if r['pack_sequences'] else ', padded'}]" if "engine_resolved" in r else ""
+        print(_row(r) + tags)
     ours = results[0]
     ratios = {}
-    by = {(r["framework"], r["method"], r.get("rollout_engine")): r for r in results}
+    by = {(r["framework"], r["method"], r.get("rollout_engine"), r.get("pack_sequences")): r for r in results}
     trl = next((r for r in results if r["framework"] == "trl"), None)
     if trl:
         ratios["trl_step_over_dphrl_step"] = trl["s_per_step"] / ours["s_per_step"]
         ratios["dphrl_rollout_tok_s_over_trl"] = ours["rollout_tok_s"] / trl["rollout_tok_s"]
         ratios["dphrl_train_tok_s_over_trl"] = ours["train_tok_s"] / trl["train_tok_s"]
         ratios["dphrl_peak_mem_over_trl"] = ours["peak_mb"] / max(trl["peak_mb"], 1e-9)
-    plain = by.get(("dphrl-mini", "grpo", "plain"))
+    plain, padded = by.get(("dphrl-mini", "grpo", "plain", True)), by.get(("dphrl-mini", "grpo", args.engine, False))
     if plain and plain is not ours:
         ratios["plain_engine_step_over_engine_step"] = plain["s_per_step"] / ours["s_per_step"]
         ratios["engine_rollout_tok_s_over_plain"] = ours["rollout_tok_s"] / plain["rollout_tok_s"]
-    rkl, dph = by.get(("dphrl-mini", "rkl", args.engine)), by.get(("dphrl-mini", "dph_js", args.engine))
+    if padded:
+        ratios["padded_update_s_over_packed_update_s"] = padded["update_s"] / ours["update_s"]
+    rkl, dph = by.get(("dphrl-mini", "rkl", args.engine, True)), by.get(("dphrl-mini", "dph_js", args.engine, True))
     if rkl and dph:
         ratios["dph_js_step_over_rkl_step"] = dph["s_per_step"] / rkl["s_per_step"]
         ratios["dph_js_update_s_minus_rkl_update_s"] = dph["update_s"] - rkl["update_s"]

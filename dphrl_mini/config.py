@@ -125,6 +125,11 @@ class TrainConfig:
     CUDA-graph decode, CUDA only; falls back to "merged" elsewhere) or "auto" (static on CUDA,
     merged otherwise)."""
 
+    pack_sequences: bool = True
+    """Training forward (dphrl_mini/packing.py): each distinct prompt once, completions without
+    padding, one 4-D-masked forward; False: one padded row per completion (rollout.sequence_logps).
+    Same values and gradients either way."""
+
     # --- optimization ----------------------------------------------------------------------------
     steps: int = 100
     lr: float = 2e-4

@@ -27,7 +27,7 @@ import torch
 from .checkpoint import atomic_write, sha256_file
 from .packing import packed_logps
 from .rewards import score_completions
-from .rollout import generate
+from .rollout import generate, sequence_logps
 
 
 def reward_columns(rows: list[dict], repeat: int = 1) -> dict[str, list]:
@@ -135,12 +135,13 @@ class PresampleResult:
 def presample(model, tokenizer, rows: list[dict], task, *, k: int = 8, threshold: float = 1.0,
               keep: str = "one", fingerprint: str = "", max_new_tokens: int = 32,
               temperature: float = 1.0, top_p: float = 1.0, batch_size: int = 512, seed: int = 0,
-              prompts: list[str] | None = None, progress: bool = True) -> PresampleResult:
+              prompts: list[str] | None = None, progress: bool = True, packed: bool = True) -> PresampleResult:
     """Sample ``k`` completions per row from the (initial) ``model`` and split the rows.
 
     ``prompts`` overrides the text fed to the model (e.g. chat-templated); defaults to row["prompt"].
-    Reference log-probs are recomputed with the trainer's own forward (``packing.packed_logps``)
-    so that they match what the trainer computes for the policy at the same tokens.
+    Reference log-probs are recomputed with the trainer's own forward (``packing.packed_logps``, or
+    ``rollout.sequence_logps`` if not ``packed``) so that they match what the trainer computes for
+    the policy at the same tokens.
     """
     if keep not in ("one", "all_distinct"):
         raise ValueError(f"keep={keep!r}: use 'one' or 'all_distinct'")
@@ -172,20 +173,20 @@ def presample(model, tokenizer, rows: list[dict], task, *, k: int = 8, threshold
         else:
             exploration.append(row)
     store = _store_from_rollout(model, rollout, chosen, [rows[j // k]["id"] for j in chosen],
-                                fingerprint, temperature, batch_size)
+                                fingerprint, temperature, batch_size, packed)
     store.meta.update(k=k, threshold=threshold, keep=keep, temperature=temperature)
     return PresampleResult(pass_rates, exploration, near_perfect, store, k, threshold)
 
 
 @torch.no_grad()
 def _store_from_rollout(model, rollout, chosen: list[int], row_ids: list[str], fingerprint: str,
-                        temperature: float, batch_size: int) -> ReferenceStore:
+                        temperature: float, batch_size: int, packed: bool = True) -> ReferenceStore:
     prompt_ids, completion_ids, reference_logps = [], [], []
+    forward = packed_logps if packed else sequence_logps
     for start in range(0, len(chosen), batch_size):
         idx = torch.tensor(chosen[start:start + batch_size], dtype=torch.long)
-        logps = packed_logps(model, rollout.prompt_ids[idx], rollout.prompt_mask[idx],
-                               rollout.completion_ids[idx], rollout.completion_mask[idx],
-                               temperature=temperature)  # (b, T)
+        logps = forward(model, rollout.prompt_ids[idx], rollout.prompt_mask[idx], rollout.completion_ids[idx],
+                        rollout.completion_mask[idx], temperature=temperature)  # (b, T)
         for row, j in enumerate(idx.tolist()):
             pmask = rollout.prompt_mask[j].bool()
             n = int(rollout.completion_mask[j].sum())

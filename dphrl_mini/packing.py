@@ -31,10 +31,14 @@ from .rollout import completion_logps, sequence_logps
 MASKED_ATTENTION = ("sdpa", "eager")
 
 
+def _unwrap(model):
+    """The model inside a DistributedDataParallel wrapper (accelerate prepares one per process)."""
+    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+
+
 def attention_implementation(model) -> str | None:
     """The model's attention implementation (also through a DDP wrapper)."""
-    config = getattr(model, "config", None) or getattr(getattr(model, "module", None), "config", None)
-    return getattr(config, "_attn_implementation", None)
+    return getattr(getattr(_unwrap(model), "config", None), "_attn_implementation", None)
 
 
 def _pack(prompts: list[tuple[int, ...]], lengths: list[int], cap: int) -> list[list[tuple[tuple, list[int]]]]:
@@ -118,9 +122,9 @@ def packed_logps(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, com
     visible = (member[:, None, :] == 0) | (member[:, None, :] == member[:, :, None])  # prompt or own completion
     allowed = causal & same_part & visible & (part[:, None, :] >= 0)  # (R, L, L)
     allowed |= torch.eye(length, dtype=torch.bool)  # padding queries see themselves (no all-masked softmax row)
-    mask = allowed[:, None].to(device)  # (R, 1, L, L)
-    if attention == "eager":  # additive mask
-        mask = torch.zeros(mask.shape, device=device).masked_fill_(~mask, torch.finfo(torch.float32).min)
+    dtype = _unwrap(model).get_input_embeddings().weight.dtype  # that of the attention scores
+    mask = torch.zeros(allowed[:, None].shape, dtype=dtype, device=device)  # (R, 1, L, L) additive, the
+    mask.masked_fill_(~allowed[:, None].to(device), torch.finfo(dtype).min)  # form every transformers version takes
     logits = model(input_ids=input_ids.to(device), attention_mask=mask, position_ids=position_ids.to(device),
                    use_cache=False).logits  # (R, L, V)
     logits = logits[torch.tensor(packed_row, device=device)[:, None], torch.tensor(source, device=device)]  # (B, T, V)

@@ -46,7 +46,7 @@ from .losses import aggregate, clipped_surrogate, divergence_per_token, group_ad
 from .models import lean_lora, load_policy, model_fingerprint, reference_mode
 from .packing import packed_logps
 from .rewards import score_completions
-from .rollout import Rollout
+from .rollout import Rollout, sequence_logps
 from .tasks import get_task
 
 OOM_HINT = ("out of GPU memory: lower `micro_batch_size` or `generation_batch_size`, shorten "
@@ -157,7 +157,7 @@ class Trainer:
                     self.policy, self.tokenizer, self.train_rows, self.task, k=cfg.presample_k,
                     threshold=cfg.presample_threshold, keep=cfg.keep_references, fingerprint=self.fingerprint,
                     max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                    batch_size=cfg.generation_batch_size, seed=cfg.seed,
+                    batch_size=cfg.generation_batch_size, seed=cfg.seed, packed=cfg.pack_sequences,
                     prompts=[self.prompt_text(r) for r in self.train_rows], progress=cfg.progress)
             folder.mkdir(parents=True, exist_ok=True)
             self.presampled.save(folder)
@@ -198,12 +198,16 @@ class Trainer:
 
     # --- one RL step -----------------------------------------------------------------------------
     def _logps(self, rollout: Rollout, rows: torch.Tensor, entropy: bool = False):
-        """Per-token log-probs (and entropies) of ``rows``: one packed forward with a fused LoRA
-        forward (packing.py, models.lean_lora; same values and gradients as sequence_logps)."""
+        return self._forward_logps(rollout.prompt_ids[rows], rollout.prompt_mask[rows], rollout.completion_ids[rows],
+                                   rollout.completion_mask[rows], entropy)
+
+    def _forward_logps(self, prompt_ids, prompt_mask, completion_ids, completion_mask, entropy: bool = False):
+        """Per-token log-probs (and entropies) of completions under the policy: the packed forward
+        (``pack_sequences``, packing.py) or padded rows, LoRA fused (models.lean_lora); same values."""
+        forward = packed_logps if self.config.pack_sequences else sequence_logps
         with lean_lora(self.policy):
-            return packed_logps(self.model, rollout.prompt_ids[rows], rollout.prompt_mask[rows],
-                                rollout.completion_ids[rows], rollout.completion_mask[rows],
-                                temperature=self.config.temperature, return_entropy=entropy)
+            return forward(self.model, prompt_ids, prompt_mask, completion_ids, completion_mask,
+                           temperature=self.config.temperature, return_entropy=entropy)
 
     @torch.no_grad()
     def _no_grad_logps(self, rollout: Rollout) -> torch.Tensor:
@@ -346,9 +350,8 @@ class Trainer:
         for start in range(0, len(indices), cfg.micro_batch_size):
             part = indices[start:start + cfg.micro_batch_size]
             batch = store.batch(part, self.tokenizer.pad_token_id, self.device)
-            with lean_lora(self.policy):
-                logps = packed_logps(self.model, batch["prompt_ids"], batch["prompt_mask"], batch["completion_ids"],
-                                     batch["completion_mask"], temperature=cfg.temperature)  # (b, T)
+            logps = self._forward_logps(batch["prompt_ids"], batch["prompt_mask"], batch["completion_ids"],
+                                        batch["completion_mask"])  # (b, T)
             per_token = divergence_per_token(logps, batch["reference_logps"], divergence, alpha=cfg.alpha)
             m = batch["completion_mask"]
             part_loss = (per_token * m).sum() / total_tokens  # token-mean over the whole reference batch

@@ -127,3 +127,10 @@ def test_lean_lora_leaves_dropout_layers_to_peft():
     model, _ = load_policy("tiny", lora_rank=4, lora_dropout=0.1, device="cpu")
     with lean_lora(model):
         assert not any("forward" in vars(m) for m in model.modules())
+
+
+def test_packed_four_bit(batch):
+    pytest.importorskip("bitsandbytes")
+    model, _ = _policy(quantization="4bit")
+    model.train()
+    _assert_same(_values_and_grads(model, packed_logps, batch), _values_and_grads(model, sequence_logps, batch))
