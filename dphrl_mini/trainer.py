@@ -106,8 +106,9 @@ class Trainer:
         else:
             optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         total_updates = cfg.steps * cfg.updates_per_step
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda u: self._lr_factor(u, total_updates))
-        self.model, self.optimizer, self.scheduler = self.accelerator.prepare(model, optimizer, scheduler)
+        # not prepared by accelerate, which would step it once per process per update (N times too fast in DDP)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda u: self._lr_factor(u, total_updates))
+        self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         self.policy = self.accelerator.unwrap_model(self.model)  # for sampling and saving
         self.engine = RolloutEngine(self.policy, cfg.rollout_engine)  # rollouts (engine.py)
         self.device = self.accelerator.device
@@ -333,6 +334,7 @@ class Trainer:
         finite = math.isfinite(float(grad_norm)) and all(math.isfinite(x) for x in losses)
         if not finite:  # counted per step in _step (max_nonfinite_steps)
             self.optimizer.zero_grad(set_to_none=True)
+            self.scheduler.step()  # the schedule follows update slots, so a skip does not stretch it
             warnings.warn(f"step {self.step_index + 1}: non-finite loss or gradient; update skipped")
             return False
         stats["grad_norm"].append(float(grad_norm))

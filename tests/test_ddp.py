@@ -1,7 +1,8 @@
 """Several processes (DDP, as under ``accelerate launch`` on GPUs): two CPU processes train the tiny model.
 
 The main process pre-samples while the other waits and loads the split; only the main process
-writes files; both run the same number of backward passes, so DDP's all-reduce never hangs.
+writes files; both run the same number of backward passes, so DDP's all-reduce never hangs; the
+learning-rate schedule runs at the single-process pace.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ def test_two_cpu_processes_train_and_write_once(tmp_path):
             "--updates-per-step", "2", "--presample-k", "2", "--presample-threshold", "0",
             "--reference-batch-size", "4", "--eval-size", "2", "--ood-size", "2", "--eval-n", "2",
             "--eval-ks", "1", "2", "--splits", "test", "--no-progress", "--device", "cpu", "--lr", "1e-2",
-            "--output-dir", str(out)]
+            "--lr-schedule", "cosine", "--output-dir", str(out)]
     env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
                PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     # `accelerate launch --cpu --num_processes 2` starts ONE process (accelerate 1.x); torchrun starts
@@ -37,6 +38,8 @@ def test_two_cpu_processes_train_and_write_once(tmp_path):
     assert done.stderr.count("[train finished") == 2, "expected two processes to finish"
     metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == [1, 2]  # written once, by the main process only
+    # cosine over 2 steps x 2 updates: half-way after step 1 (not stepped once per process: 2x too fast)
+    assert metrics[0]["lr"] == pytest.approx(0.5e-2) and metrics[1]["lr"] == pytest.approx(0.0, abs=1e-12)
     assert (out / "adapter" / "adapter_model.safetensors").exists()
     assert (out / "presample.json").exists() and (out / "reference_store.pt").exists()
     assert (out / "checkpoint-000002" / "manifest.json").exists()

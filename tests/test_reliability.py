@@ -93,10 +93,11 @@ def test_nonfinite_updates_are_skipped_then_the_run_stops(tmp_path, monkeypatch)
     trainer.output_dir.mkdir(parents=True, exist_ok=True)
     trainer.prepare_data()
     assert trainer.step()["skipped_updates"] == 0
-    before = lora_params(trainer)
+    before, slot = lora_params(trainer), trainer.scheduler.last_epoch
     with pytest.warns(UserWarning, match="non-finite"):
         metrics = trainer.step()
     assert metrics["skipped_updates"] == trainer.config.updates_per_step
+    assert trainer.scheduler.last_epoch == slot + trainer.config.updates_per_step  # the lr schedule is not stretched
     assert trainer.nonfinite_in_a_row == 1
     assert all(torch.equal(before[n], p) for n, p in lora_params(trainer).items()), "a skipped update moved weights"
     assert trainer.step()["skipped_updates"] == 0 and trainer.nonfinite_in_a_row == 0  # the count resets
