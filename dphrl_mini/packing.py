@@ -66,6 +66,55 @@ def _pack(prompts: list[tuple[int, ...]], lengths: list[int], cap: int) -> list[
     return packed
 
 
+def _layout(prompts: list[tuple[int, ...]], completions: list[list[int]], lengths: list[int], width: int, cap: int):
+    """The packed rows as tensors: input ids, position ids, part (one prompt and its completions,
+    -1 = padding) and member (0 = prompt, k = its k-th completion), each (R, L); and for every
+    completion its packed row (B,) and the packed position of the logit predicting each token (B, T)."""
+    tokens, positions, parts, members = [], [], [], []
+    packed_row = [0] * len(prompts)
+    source = [[0] * width for _ in prompts]
+    part_id = 0
+    for r, row_parts in enumerate(_pack(prompts, lengths, cap)):
+        ids, pos, part, member = [], [], [], []
+        for prompt, rows in row_parts:
+            part_id += 1
+            last_prompt = len(ids) + len(prompt) - 1
+            ids += prompt
+            pos += range(len(prompt))
+            part += [part_id] * len(prompt)
+            member += [0] * len(prompt)
+            for k, row in enumerate(rows, start=1):
+                n, start = lengths[row], len(ids)
+                ids += completions[row][:n]
+                pos += range(len(prompt), len(prompt) + n)  # positions as in the padded layout
+                part += [part_id] * n
+                member += [k] * n
+                packed_row[row] = r
+                source[row][:n] = [last_prompt] + list(range(start, start + n - 1))
+        for out, values in zip((tokens, positions, parts, members), (ids, pos, part, member)):
+            out.append(values)
+    length = max(map(len, tokens))
+
+    def padded(rows: list[list[int]], value: int) -> torch.Tensor:
+        return torch.tensor([r + [value] * (length - len(r)) for r in rows], dtype=torch.long)
+
+    return (padded(tokens, 0), padded(positions, 0), padded(parts, -1), padded(members, -1),
+            torch.tensor(packed_row), torch.tensor(source))
+
+
+def _attention_mask(part: torch.Tensor, member: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(R, 1, L, L) additive mask (0 = attend, dtype min = not), the form every transformers
+    version takes: a query sees earlier keys of its own part that are the prompt or its own completion."""
+    length = part.shape[1]
+    index = torch.arange(length, device=part.device)
+    causal = index[None, :] <= index[:, None]  # (L, L) [query, key]
+    same_part = part[:, :, None] == part[:, None, :]  # (R, L, L)
+    visible = (member[:, None, :] == 0) | (member[:, None, :] == member[:, :, None])  # prompt or own completion
+    allowed = causal & same_part & visible & (part[:, None, :] >= 0)  # (R, L, L)
+    allowed |= torch.eye(length, dtype=torch.bool, device=part.device)  # padding queries see themselves (no all-masked softmax row)
+    return torch.zeros(allowed.shape, dtype=dtype, device=part.device).masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]
+
+
 def packed_logps(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, completion_ids: torch.Tensor,
                  completion_mask: torch.Tensor, temperature: float = 1.0, return_entropy: bool = False,
                  pack_factor: float = 4.0):
@@ -83,49 +132,12 @@ def packed_logps(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, com
                               temperature=temperature, return_entropy=return_entropy)
     prompt_rows = prompt_ids.cpu()
     prompts = [tuple(prompt_rows[i][prompt_real[i]].tolist()) for i in range(batch)]
-    completions, lengths = completion_ids.cpu().tolist(), lengths.tolist()
     cap = int(pack_factor * (max(map(len, prompts)) + width))
-
-    # per packed token: id, position, part (a prompt and its completions) and member (0 = prompt, k = k-th completion)
-    tokens, positions, parts, members = [], [], [], []
-    packed_row = [0] * batch  # (B,) packed row of each completion
-    source = [[0] * width for _ in range(batch)]  # (B, T) packed position of the logit predicting y_t
-    part_id = 0
-    for r, row_parts in enumerate(_pack(prompts, lengths, cap)):
-        ids, pos, part, member = [], [], [], []
-        for prompt, rows in row_parts:
-            part_id += 1
-            last_prompt = len(ids) + len(prompt) - 1
-            ids += prompt
-            pos += range(len(prompt))
-            part += [part_id] * len(prompt)
-            member += [0] * len(prompt)
-            for k, row in enumerate(rows, start=1):
-                n, start = lengths[row], len(ids)
-                ids += completions[row][:n]
-                pos += range(len(prompt), len(prompt) + n)
-                part += [part_id] * n
-                member += [k] * n
-                packed_row[row] = r
-                source[row][:n] = [last_prompt] + list(range(start, start + n - 1))
-        tokens.append(ids), positions.append(pos), parts.append(part), members.append(member)
-
-    length = max(map(len, tokens))
-    def padded(rows: list[list[int]], value: int) -> torch.Tensor:
-        return torch.tensor([r + [value] * (length - len(r)) for r in rows], dtype=torch.long)
-
-    input_ids, position_ids = padded(tokens, 0), padded(positions, 0)  # (R, L)
-    part, member = padded(parts, -1), padded(members, -1)  # (R, L); -1 = padding
-    index = torch.arange(length)
-    causal = index[None, :] <= index[:, None]  # (L, L) [query, key]
-    same_part = part[:, :, None] == part[:, None, :]  # (R, L, L)
-    visible = (member[:, None, :] == 0) | (member[:, None, :] == member[:, :, None])  # prompt or own completion
-    allowed = causal & same_part & visible & (part[:, None, :] >= 0)  # (R, L, L)
-    allowed |= torch.eye(length, dtype=torch.bool)  # padding queries see themselves (no all-masked softmax row)
+    input_ids, position_ids, part, member, packed_row, source = _layout(
+        prompts, completion_ids.cpu().tolist(), lengths.tolist(), width, cap)
     dtype = _unwrap(model).get_input_embeddings().weight.dtype  # that of the attention scores
-    mask = torch.zeros(allowed[:, None].shape, dtype=dtype, device=device)  # (R, 1, L, L) additive, the
-    mask.masked_fill_(~allowed[:, None].to(device), torch.finfo(dtype).min)  # form every transformers version takes
+    mask = _attention_mask(part.to(device), member.to(device), dtype)  # (R, 1, L, L), built on the device
     logits = model(input_ids=input_ids.to(device), attention_mask=mask, position_ids=position_ids.to(device),
                    use_cache=False).logits  # (R, L, V)
-    logits = logits[torch.tensor(packed_row, device=device)[:, None], torch.tensor(source, device=device)]  # (B, T, V)
+    logits = logits[packed_row.to(device)[:, None], source.to(device)]  # (B, T, V)
     return completion_logps(logits, completion_ids.to(device), completion_mask.to(device), temperature, return_entropy)
