@@ -43,7 +43,7 @@ def attention_implementation(model) -> str | None:
 
 def _pack(prompts: list[tuple[int, ...]], lengths: list[int], cap: int) -> list[list[tuple[tuple, list[int]]]]:
     """Greedy packing: rows of (prompt, [batch rows of its completions]) parts, each row at most
-    ``cap`` tokens (a part always fits one prompt plus one completion)."""
+    ``cap`` tokens, except that a row always takes at least one prompt with one completion."""
     groups: dict[tuple, list[int]] = {}
     for row, prompt in enumerate(prompts):
         groups.setdefault(prompt, []).append(row)

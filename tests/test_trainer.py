@@ -221,7 +221,9 @@ def test_cli_end_to_end(tmp_path, capsys):
 @pytest.mark.parametrize("method", ["rkl", "dph_js"])
 def test_packed_and_padded_forward_train_alike(tmp_path, method):
     """pack_sequences only changes how the forward is laid out: same losses and gradient norms (Adam's
-    first steps amplify float rounding in near-zero gradients, so parameters are not compared)."""
+    first steps amplify float rounding in near-zero gradients, so parameters are not compared). The
+    LoRA B weights start non-zero (the same in both runs) so that the policy differs from pi_ref and
+    the KL / DPH terms are far from zero."""
     results = []
     for pack in (True, False):
         trainer = Trainer(tiny_config(tmp_path / str(pack), method=method, steps=1, updates_per_step=1,
@@ -229,9 +231,14 @@ def test_packed_and_padded_forward_train_alike(tmp_path, method):
                           reward_fns=[alternating_reward])
         trainer.output_dir.mkdir(parents=True, exist_ok=True)
         force_store(trainer)
-        metrics = trainer.step()
-        results.append(metrics)
+        generator = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for name, param in sorted(trainer.policy.named_parameters()):
+                if "lora_B" in name:
+                    param.copy_(0.05 * torch.randn(param.shape, generator=generator))
+        results.append(trainer.step())
     packed, padded = results
     for key in ("pg_loss", "kl", "dph_loss", "grad_norm", "entropy"):
-        assert packed[key] == pytest.approx(padded[key], rel=1e-4, abs=1e-6), key
-    assert packed["grad_norm"] > 0 and (packed["kl"] > 0 or packed["dph_loss"] > 0)
+        assert packed[key] == pytest.approx(padded[key], rel=1e-4, abs=1e-7), key
+    term = "kl" if method == "rkl" else "dph_loss"
+    assert packed["grad_norm"] > 0 and packed[term] > 1e-3, (term, packed[term])
