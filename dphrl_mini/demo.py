@@ -68,5 +68,6 @@ def run_demo(out_dir: str | Path = "outputs/demo", quick: bool = False, steps: i
     fig.savefig(out / "pass_at_k.png", dpi=110, bbox_inches="tight")
     print("\nOne seed and a short run, in-domain only: results/countdown has three seeds, 150 steps and the "
           "out-of-domain split (notebook 04 tells the whole story).")
-    print(f"\nPass@k curves saved to {out / 'pass_at_k.png'}; tables in {out / 'runs'}/summary.csv")
+    print(f"\nFigures: {out}/bandit_targets_fig3.png, {out}/bandit_targets_fig5.png, {out / 'pass_at_k.png'}")
+    print(f"Tables: {out / 'runs'}/summary.csv (mean over seeds) and {out / 'runs'}/results.csv (per seed)")
     return rows

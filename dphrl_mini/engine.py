@@ -38,7 +38,7 @@ from contextlib import contextmanager
 import torch
 from transformers import AutoModelForCausalLM, DynamicCache, StaticCache
 
-from .rollout import Rollout, generate, generate_with
+from .rollout import CACHE_KWARG, Rollout, generate, generate_with
 
 ENGINES = ("plain", "merged", "static", "auto")
 
@@ -172,7 +172,7 @@ def _prefill_distinct(model, prompt_ids, prompt_mask, index):
         return None
     cache = DynamicCache(config=model.config)
     logits = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
-                   past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]  # (u, V)
+                   **{CACHE_KWARG: cache}, use_cache=True, logits_to_keep=1).logits[:, -1]  # (u, V)
     cache.batch_select_indices(inverse)  # (u, ...) -> (b, ...)
     return logits[inverse], cache
 
@@ -224,7 +224,7 @@ class StaticDecoder:
 
     def _decode(self, input_ids, position_ids, cache_position, attention_mask, cache):
         return self.model(input_ids=input_ids, position_ids=position_ids, cache_position=cache_position,
-                          attention_mask=attention_mask, past_key_values=cache, use_cache=True).logits[:, -1]
+                          attention_mask=attention_mask, **{CACHE_KWARG: cache}, use_cache=True).logits[:, -1]
 
     @torch.no_grad()
     def sample(self, prompt_ids, prompt_mask, index, max_new_tokens, temperature, top_p, greedy, generator,
@@ -238,7 +238,7 @@ class StaticDecoder:
         prefill = _prefill_distinct(self.model, prompt_ids, prompt_mask, index)
         if prefill is None:
             logits = self.model(input_ids=prompt_ids, attention_mask=attention_mask, position_ids=position_ids,
-                                cache_position=torch.arange(P, device=prompt_ids.device), past_key_values=cache,
+                                cache_position=torch.arange(P, device=prompt_ids.device), **{CACHE_KWARG: cache},
                                 use_cache=True, logits_to_keep=1).logits[:, -1]
         else:  # shared prefill, copied into the preallocated cache
             logits, shared = prefill

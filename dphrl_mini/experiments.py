@@ -18,6 +18,7 @@ import numpy as np
 from .checkpoint import atomic_write_text
 from .config import TrainConfig
 from .evaluate import EvalResult, kept_lost
+from .style import display_name
 from .trainer import Trainer
 
 HEADLINE = ("greedy", "pass@1", "pass@8", "pass@64", "distinct_correct")
@@ -185,11 +186,13 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
 def write_tables(rows: list[dict[str, Any]], out_dir: str | Path) -> None:
     out_dir = Path(out_dir)
     _write_csv(out_dir / "results.csv", rows)
-    _write_csv(out_dir / "summary.csv", aggregate_rows(rows))
+    summary = [{"method": r["method"], "label": display_name(r["method"]), **r} for r in aggregate_rows(rows)]
+    _write_csv(out_dir / "summary.csv", summary)  # label: the name figures and tables show
 
 
 def format_table(rows: list[dict[str, Any]], split: str = "test", columns: Iterable[str] = HEADLINE) -> str:
-    """A Markdown table (mean ± std over seeds) of the aggregated rows for one split."""
+    """A Markdown table (mean ± std over seeds) of the aggregated rows for one split, one row per
+    variant under its display name (``style.display_name``)."""
     table = [r for r in (aggregate_rows(rows) if rows and "seed" in rows[0] else rows) if r["split"] == split]
     columns = [c for c in columns if table and c in table[0]] + (["kept_frac"] if table and "kept_frac" in table[0] else [])
     lines = ["| method | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
@@ -202,5 +205,5 @@ def format_table(rows: list[dict[str, Any]], split: str = "test", columns: Itera
                 cells.append("n/a")
                 continue
             cells.append(f"{scale * r[c]:.1f}" + (f" ± {scale * std:.1f}" if r.get("seeds", 1) > 1 else ""))
-        lines.append(f"| {r['method']} | " + " | ".join(cells) + " |")
+        lines.append(f"| {display_name(r['method'])} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

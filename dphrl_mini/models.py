@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -145,13 +146,15 @@ def load_policy(name_or_path: str = "tiny", *, quantization: str | None = None, 
     if gradient_checkpointing:
         model.config.use_cache = False
 
-    if adapter_path is not None:
-        peft_model = PeftModel.from_pretrained(model, str(adapter_path), is_trainable=True)
-    else:
-        lora = LoraConfig(r=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
-                          target_modules=check_target_modules(model, lora_target_modules),
-                          bias="none", task_type="CAUSAL_LM")
-        peft_model = get_peft_model(model, lora)
+    with warnings.catch_warnings():  # peft reads the attribute transformers 5.x deprecates (not ours)
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+        if adapter_path is not None:
+            peft_model = PeftModel.from_pretrained(model, str(adapter_path), is_trainable=True)
+        else:
+            lora = LoraConfig(r=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+                              target_modules=check_target_modules(model, lora_target_modules),
+                              bias="none", task_type="CAUSAL_LM")
+            peft_model = get_peft_model(model, lora)
     return peft_model, tokenizer
 
 

@@ -1,5 +1,8 @@
 """Figures for training runs and evaluations. Every function returns a matplotlib Figure.
 
+Every variant is shown by its display name in its method family's colour, the base model black
+and dashed (``style.py``); legends sit outside the axes, fractions are shown in %.
+
 Inputs are what the trainer writes: ``metrics.jsonl`` histories (or the list of dicts), and
 ``EvalResult`` objects or a ``compare`` output folder (``METHOD/seedS/eval_SPLIT.json``).
 """
@@ -14,7 +17,10 @@ from typing import Iterable, Mapping
 import matplotlib.pyplot as plt
 import numpy as np
 
+from toy_bandits.style import distinct_colors, legend_outside, place_labels
+
 from .evaluate import EvalResult
+from .style import BASE_LINE, coefficient_label, display_name, family, family_color, is_percent, metric_label
 
 TRAINING_KEYS = ("reward_mean", "solve_rate", "entropy", "completion_length", "dph_loss", "kl")
 
@@ -40,20 +46,22 @@ def plot_training_curves(histories: Mapping[str, list[dict] | str | Path], keys:
     keys = [k for k in keys if any(any(k in m for m in h) for h in runs.values())]
     cols = min(3, len(keys)) or 1
     rows = int(np.ceil(len(keys) / cols)) or 1
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.7 * rows + 0.5), squeeze=False, layout="constrained")
+    colors = dict(zip(runs, distinct_colors([family_color(name) for name in runs])))
     for ax, key in zip(axes.flat, keys):
+        scale = 100 if is_percent(key) else 1
         for name, history in runs.items():
             steps = np.array([m["step"] for m in history if key in m])
-            values = np.array([m[key] for m in history if key in m], dtype=float)
+            values = scale * np.array([m[key] for m in history if key in m], dtype=float)
             if len(values):
-                ax.plot(steps, _smooth(values, smooth), label=name)
+                ax.plot(steps, _smooth(values, smooth), label=display_name(name), color=colors[name])
         ax.set_xlabel("RL step")
-        ax.set_ylabel(key.replace("_", " "))
+        ax.set_ylabel(metric_label(key))
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(keys):]:
         ax.axis("off")
-    axes.flat[0].legend(fontsize=8)
-    fig.tight_layout()
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 4), frameon=False)
     return fig
 
 
@@ -83,45 +91,67 @@ def _curves(results: Mapping[str, EvalResult | list[EvalResult]]) -> dict[str, t
     return curves
 
 
+def _base_first(names: Iterable[str]) -> list[str]:
+    names = list(names)
+    return ["base"] * ("base" in names) + [n for n in names if n != "base"]
+
+
 def plot_pass_at_k_curves(results: Mapping[str, EvalResult | list[EvalResult]] | str | Path,
                           split: str = "test", title: str | None = None) -> plt.Figure:
     """Pass@k against k (log axis) for every method; the band is ± one std over seeds."""
     if isinstance(results, (str, Path)):
         results = load_results(results, split)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, (ks, values) in _curves(results).items():
+    curves = _curves(results)
+    names = sorted(curves, key=lambda n: -curves[n][1].mean(0)[-1])  # legend in the order of the right ends
+    colors = dict(zip(names, distinct_colors([family_color(n) for n in names])))
+    fig, ax = plt.subplots(figsize=(7.5, 4.2), layout="constrained")
+    for name in names:
+        ks, values = curves[name]
         mean = 100 * values.mean(0)
-        style = dict(color="black", linestyle="--", linewidth=2) if name == "base" else {}
-        (line,) = ax.plot(ks, mean, marker="o", markersize=3, label=name, **style)
+        style = BASE_LINE if name == "base" else dict(color=colors[name], linewidth=1.6)
+        ax.plot(ks, mean, marker="o", markersize=3, label=display_name(name), **style)
         if len(values) > 1:
             std = 100 * values.std(0, ddof=1)
-            ax.fill_between(ks, mean - std, mean + std, alpha=0.15, color=line.get_color())
+            ax.fill_between(ks, mean - std, mean + std, alpha=0.12, color=style["color"], linewidth=0)
     ax.set_xscale("log", base=2)
     ax.set_ylim(bottom=0)  # a Pass@k of 0 stays at the bottom, not in the middle of a +-0.05 axis
     ax.set_xlabel("k (samples per prompt)")
-    ax.set_ylabel(f"Pass@k on {split} (%)")
-    ax.set_title(title or f"Pass@k, {split} split")
+    ax.set_ylabel(f"Pass@k, {split} split (%)")
+    ax.set_title(title or f"Pass@k, {split} split" + (" (band: ± 1 std over seeds)" if any(
+        len(v) > 1 for _, v in curves.values()) else ""))
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
+    legend_outside(ax)
     return fig
 
 
 def plot_metric_bars(rows: list[dict], metric: str = "distinct_correct", split: str = "test",
                      ylabel: str | None = None) -> plt.Figure:
-    """Bars (mean ± std over seeds) of one metric per method, e.g. distinct correct solutions."""
+    """Horizontal bars (mean ± std over seeds) of one metric per method, e.g. distinct correct
+    solutions; the base model's bar is an outline, black and dashed."""
     from .experiments import aggregate_rows
 
     table = [r for r in aggregate_rows(rows) if r["split"] == split and metric in r]
-    fig, ax = plt.subplots(figsize=(max(4, 0.9 * len(table) + 1), 3.5))
+    table = sorted(table, key=lambda r: r["method"] != "base")  # base on top
+    scale = 100 if is_percent(metric) else 1
     names = [r["method"] for r in table]
-    ax.bar(names, [r[metric] for r in table], yerr=[r.get(f"{metric}_std", 0) for r in table],
-           color=["0.5" if n == "base" else f"C{i}" for i, n in enumerate(names)], capsize=3)
-    ax.set_ylabel(ylabel or metric.replace("_", " "))
-    ax.set_xlabel("method")
-    ax.tick_params(axis="x", rotation=30)
-    ax.grid(alpha=0.3, axis="y")
-    fig.tight_layout()
+    colors = distinct_colors([family_color(n) for n in names])
+    values = [scale * r[metric] for r in table]
+    errors = [scale * r.get(f"{metric}_std", 0.0) for r in table]
+    fig, ax = plt.subplots(figsize=(7.0, 0.42 * len(table) + 1.3), layout="constrained")
+    y = np.arange(len(table))[::-1]
+    bars = ax.barh(y, values, xerr=errors, color=colors, capsize=3, height=0.65,
+                   error_kw=dict(ecolor="0.3", lw=1))
+    for bar, name in zip(bars, names):
+        if name == "base":
+            bar.set(facecolor="white", edgecolor=BASE_LINE["color"], linestyle="--", linewidth=1.5)
+    for bar, value, error in zip(bars, values, errors):  # the value just past its error bar
+        ax.annotate(f"{value:.1f}", (value + error, bar.get_y() + bar.get_height() / 2), xytext=(5, 0),
+                    textcoords="offset points", va="center", fontsize=8)
+    ax.set_yticks(y, [display_name(n) for n in names])
+    ax.set_xlabel(ylabel or metric_label(metric))
+    ax.set_title(f"{split} split" + (" (mean ± std over seeds)" if any(r.get("seeds", 1) > 1 for r in table) else ""))
+    ax.set_xlim(0, 1.15 * max([v + e for v, e in zip(values, errors)] + [1e-9]))
+    ax.grid(alpha=0.3, axis="x")
     return fig
 
 
@@ -137,35 +167,49 @@ def sweep_family(name: str) -> str:
     return _SWEEP.sub("", name)
 
 
-def _sweep_label(name: str) -> str:
-    match = _SWEEP.search(name)
-    return match.group(1) if match else ""
+_MARKERS = ("o", "s", "^", "D", "v", "P")
 
 
 def plot_pareto(rows: list[dict], x: str = "pass@1", y: str = "pass@64", split: str = "test",
                 group: callable = None) -> plt.Figure:
-    """Pass@1 against Pass@k, one point per run (method x coefficient), lines within a method."""
+    """Pass@1 against Pass@k, one point per run (method x coefficient), lines within a method.
+
+    Each sweep is a line in its method family's colour (variants of one family differ in shade
+    and marker); every point is labelled with its coefficient where the label fits without
+    overlap; the base model is the black star.
+    """
     from .experiments import aggregate_rows
 
     group = group or sweep_family
     table = [r for r in aggregate_rows(rows) if r["split"] == split and x in r and y in r]
-    fig, ax = plt.subplots(figsize=(8.5, 4.5))
-    families: dict[str, list[dict]] = {}
+    groups: dict[str, list[dict]] = {}
     for r in table:
-        families.setdefault(group(r["method"]), []).append(r)
-    for i, (family, members) in enumerate(families.items()):
-        members.sort(key=lambda r: r[x])
-        style = dict(color="black", marker="*", markersize=12) if family == "base" else dict(color=f"C{i}", marker="o")
-        ax.plot([100 * r[x] for r in members], [100 * r[y] for r in members], label=family, **style)
-        for r in members:
-            ax.annotate(_sweep_label(r["method"]), (100 * r[x], 100 * r[y]),
-                        fontsize=7, xytext=(3, 3), textcoords="offset points")
-    ax.set_xlabel(f"{x} (%)")
-    ax.set_ylabel(f"{y} (%)")
+        groups.setdefault(group(r["method"]), []).append(r)
+    names = _base_first(groups)
+    colors = dict(zip(names, distinct_colors([family_color(g) for g in names])))
+    fig, ax = plt.subplots(figsize=(9.0, 5.0))
+    seen: dict[str, int] = {}
+    labels = []  # (xy, text, colour) of each swept point
+    for name in names:
+        members = sorted(groups[name], key=lambda r: r[x])
+        xs, ys = [100 * r[x] for r in members], [100 * r[y] for r in members]
+        if name == "base":
+            ax.plot(xs, ys, linestyle="none", marker="*", markersize=15, color=BASE_LINE["color"],
+                    label=display_name(name), zorder=3)
+            continue
+        marker = _MARKERS[seen.setdefault(family(members[0]["method"]), 0) % len(_MARKERS)]
+        seen[family(members[0]["method"])] += 1
+        ax.plot(xs, ys, marker=marker, markersize=6, color=colors[name], label=display_name(name))
+        labels += [((px, py), coefficient_label(r["method"]), colors[name])
+                   for px, py, r in zip(xs, ys, members) if len(members) > 1 and coefficient_label(r["method"])]
+    ax.set_xlabel(metric_label(x))
+    ax.set_ylabel(metric_label(y))
     ax.set_title(f"Pareto front, {split} split (up and right is better)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))  # beside the points, not on them
+    legend_outside(ax)
+    ax.margins(0.08)
     fig.tight_layout()
+    place_labels(ax, [p for p, _, _ in labels], [t for _, t, _ in labels], [c for _, _, c in labels])
     return fig
 
 

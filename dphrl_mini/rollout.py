@@ -17,11 +17,16 @@ like with like. Departures from ``transformers.generate``:
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
-from transformers import DynamicCache
+from transformers import DynamicCache, LlamaForCausalLM
+
+CACHE_KWARG = "cache" if "cache" in inspect.signature(LlamaForCausalLM.forward).parameters else "past_key_values"
+"""The forward's KV-cache keyword: transformers 5.x renamed ``past_key_values`` to ``cache`` (for
+every causal LM at once) and warns on the old name; older versions only know ``past_key_values``."""
 
 
 @dataclass
@@ -79,7 +84,7 @@ def _sample_chunk(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, ma
     position_ids = (prompt_mask.cumsum(-1) - 1).clamp(min=0)  # (b, P) real tokens count from 0
     cache = DynamicCache(config=model.config)
     logits = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=position_ids,
-                   past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]  # (b, V)
+                   **{CACHE_KWARG: cache}, use_cache=True, logits_to_keep=1).logits[:, -1]  # (b, V)
     return decode(model, logits, cache, prompt_mask, max_new_tokens, temperature, top_p, greedy,
                   generator, eos_token_id, pad_token_id)
 
@@ -117,7 +122,7 @@ def decode(model, logits: torch.Tensor, cache, prompt_mask: torch.Tensor, max_ne
             attention_mask, next_position = attention_mask[keep], next_position[keep]
         attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(rows), 1)], dim=1)  # (a, P+t)
         logits = model(input_ids=step_tokens.unsqueeze(-1), attention_mask=attention_mask,
-                       position_ids=next_position, past_key_values=cache, use_cache=True).logits[:, -1]
+                       position_ids=next_position, **{CACHE_KWARG: cache}, use_cache=True).logits[:, -1]
         next_position = next_position + 1
     width = t + 1
     return out_tokens[:, :width], out_mask[:, :width], out_logps[:, :width]  # (b, t) x3

@@ -13,6 +13,8 @@ from .divergences import DIVERGENCES
 from .envs import PRESETS
 from .mara import mara_target
 from .metrics import entropy
+from .plots import REFERENCE_BAR
+from .style import DIVERGENCE_COLORS, REFERENCE_LINE
 from .targets import optimal_policy
 
 
@@ -33,12 +35,14 @@ def explorer_figure(preset="fig4", log10_beta: float = -1.0, divergence: str = "
     fig = Figure(figsize=(7.0, 3.4), layout="constrained")
     ax = fig.subplots()
     arms = range(bandit.rewards.size)
+    color = DIVERGENCE_COLORS[divergence]
     if bandit.rewards.size <= 12:
-        ax.bar([a - 0.2 for a in arms], bandit.reference, 0.4, color="0.6", label="reference")
-        ax.bar([a + 0.2 for a in arms], target, 0.4, color="C0", label="target")
+        ax.bar([a - 0.2 for a in arms], bandit.reference, 0.4, label="reference", **REFERENCE_BAR)
+        ax.bar([a + 0.2 for a in arms], target, 0.4, color=color, label="target", hatch="///" if mara else None,
+               edgecolor="white" if mara else color)
     else:
-        ax.step(arms, bandit.reference, where="mid", color="0.5", label="reference")
-        ax.step(arms, target, where="mid", color="C0", label="target")
+        ax.step(arms, bandit.reference, where="mid", label="reference", **REFERENCE_LINE)
+        ax.step(arms, target, where="mid", color=color, label="target", ls="--" if mara else "-")
     twin = ax.twinx()
     twin.plot(arms, bandit.rewards, "k:", lw=1)
     twin.set_ylabel("reward (dotted)")

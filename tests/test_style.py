@@ -1,0 +1,62 @@
+"""Display names and colours: every variant name the CLI produces reads as a method, never raw."""
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import pytest
+from matplotlib.colors import to_hex
+
+from dphrl_mini.experiments import format_table, parse_variants
+from dphrl_mini.style import BASE_LINE, display_name, family, family_color, metric_label
+from toy_bandits.style import DIVERGENCE_COLORS, distinct_colors, series_colors
+
+
+@pytest.mark.parametrize("spec, shown", [
+    ("grpo", "GRPO"),
+    ("dapo", "DAPO"),
+    ("rkl:kl_coef=0.05", "RKL β=0.05"),
+    ("rkl+mara:kl_coef=0.05", "RKL+MARA β=0.05"),
+    ("grpo+mara", "GRPO+MARA"),
+    ("grpo+mara:mara_beta=0.1", "GRPO+MARA β=0.1"),
+    ("rkl+mara:kl_coef=0.05,mara_beta=0.1", "RKL+MARA β=0.05, MARA β=0.1"),
+    ("dph_js:eta=0.02", "DPH-JS η=0.02"),
+    ("dph_forward_kl:eta=0.02,keep_references=all_distinct", "DPH-F η=0.02, all refs"),
+    ("dph_forward_kl:eta=2,keep_references=all_distinct,train_on=all", "DPH-F η=2, all refs, train on all"),
+    ("dph_alpha:eta=2,alpha=0.3", "DPH-α η=2, α=0.3"),
+    ("dph_js:keep_references=all_distinct", "DPH-JS, all refs"),
+    ("dph_js:eta=4,keep_references=all_distinct,presample_threshold=0.125", "DPH-JS η=4, all refs, threshold 0.125"),
+    ("grpo:reference_batch_size=32", "GRPO, reference batch size 32"),  # any other field, in words
+    ("grpo:rollout_engine=plain", "GRPO, rollout engine plain"),
+])
+def test_display_name_of_every_cli_variant(spec, shown):
+    (folder,) = parse_variants([spec])  # the folder name compare writes
+    assert display_name(folder) == shown
+    assert "_" not in display_name(folder)
+
+
+def test_other_names_pass_through_and_families_share_a_colour():
+    assert display_name("base") == "base" and display_name("my run") == "my run"
+    assert family("dph_js_eta4_keep_referencesall_distinct") == family("dph_js_eta16") == "dph_js"
+    assert family_color("dph_js_eta4") == family_color("dph_js_eta16") == DIVERGENCE_COLORS["js"]
+    assert family_color("rkl_kl_coef0.05") == DIVERGENCE_COLORS["reverse_kl"]
+    assert family_color("base") == BASE_LINE["color"] == "black"
+    colors = {to_hex(family_color(n)) for n in ("base", "grpo", "dapo", "rkl", "rkl+mara", "grpo+mara",
+                                                 "dph_forward_kl", "dph_js", "dph_alpha", "dph_js+mara")}
+    assert len(colors) == 10  # every family its own colour; grpo+mara is not the base's
+
+
+def test_repeated_colours_are_shaded_apart_and_mara_keeps_its_divergence():
+    assert len({to_hex(c) for c in distinct_colors(["#009E73"] * 4)}) == 4
+    colors = series_colors(["reference", "reverse_kl", "reverse_kl + MARA", "forward_kl beta=1"])
+    assert colors == ["black", DIVERGENCE_COLORS["reverse_kl"], DIVERGENCE_COLORS["reverse_kl"],
+                      DIVERGENCE_COLORS["forward_kl"]]
+
+
+def test_tables_and_axes_use_display_names_and_percent():
+    rows = [{"method": m, "seed": 0, "split": "test", "pass@1": 0.2, "distinct_correct": 2.0}
+            for m in ("base", "dph_js_eta4_keep_referencesall_distinct")]
+    table = format_table(rows, "test")
+    assert "| DPH-JS η=4, all refs |" in table and "keep_references" not in table
+    assert metric_label("pass@64") == "Pass@64 (%)" and metric_label("kept_frac").endswith("(%)")
+    assert "%" not in metric_label("distinct_correct")
