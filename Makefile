@@ -9,7 +9,7 @@ NB_TIMEOUT ?= 900
 # tests that start several processes (DDP, kill-and-resume) would oversubscribe a small CPU.
 TEST_ENV := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 
-.PHONY: setup demo test unit notebooks lab bench clean
+.PHONY: setup demo test unit notebooks render lab bench clean
 
 setup: $(VENV)/.installed
 
@@ -31,6 +31,12 @@ notebooks: setup
 	$(TEST_ENV) DPHRL_SMALL=$${DPHRL_SMALL:-1} MPLBACKEND=Agg $(PY) -m pytest -q -p no:cacheprovider --nbmake --nbmake-timeout=$(NB_TIMEOUT) notebooks
 
 test: unit notebooks
+
+# Re-execute every notebook in place with full settings (stored results for 04/05; 06 takes its GPU
+# path where there is one), after adding cell ids, the Colab badge and install cell; then commit them.
+render: setup
+	$(PY) -m pip install -q nbclient ipykernel
+	PYTHONPATH=$(CURDIR) $(PY) tools/render_notebooks.py
 
 lab: setup
 	$(PY) -m pip install -q -e ".[lab]"
