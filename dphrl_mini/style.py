@@ -97,7 +97,7 @@ def display_name(name: str) -> str:
             head = METHOD_LABELS[method] + ("+MARA" if value.lower() == "true" else "")
         else:
             settings.append(f"{_SETTING_NAMES.get(key, key.replace('_', ' '))} {value.replace('_', ' ')}")
-    return " ".join([head, *coefficients]) + "".join(f", {s}" for s in settings)
+    return " ".join([head, ", ".join(coefficients)]).strip() + "".join(f", {s}" for s in settings)
 
 
 def _coefficient(key: str, value: str, fields: dict[str, str]) -> str:
