@@ -108,7 +108,7 @@ def plot_pass_at_k_curves(results: Mapping[str, EvalResult | list[EvalResult]] |
     for name in names:
         ks, values = curves[name]
         mean = 100 * values.mean(0)
-        style = BASE_LINE if name == "base" else dict(color=colors[name], linewidth=1.6)
+        style = dict(BASE_LINE, zorder=3) if name == "base" else dict(color=colors[name], linewidth=1.6)  # base on top
         ax.plot(ks, mean, marker="o", markersize=3, label=display_name(name), **style)
         if len(values) > 1:
             std = 100 * values.std(0, ddof=1)
