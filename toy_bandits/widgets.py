@@ -67,7 +67,8 @@ def _live_kernel() -> bool:
 def explorer(bandit=None, *, static: bool | None = None):
     """Sliders for log10 beta, divergence, alpha, MARA and tau, plus a preset dropdown.
 
-    Returns an ipywidgets box in a live kernel. Otherwise (``static=True``, no ipywidgets, or a
+    Returns an ipywidgets box in a live kernel, after displaying the static figure of its starting
+    values (for the rendered notebook, e.g. on GitHub, where widgets do not show). Otherwise (``static=True``, no ipywidgets, or a
     plain Python process) it returns the static ``explorer_figure`` of ``bandit`` (default fig4).
     """
     presets = dict(PRESETS)
@@ -105,5 +106,8 @@ def explorer(bandit=None, *, static: bool | None = None):
     for control in controls.values():
         control.observe(redraw, names="value")
     redraw()
+    from IPython.display import display
+
+    display(explorer_figure(presets[first](), -1.0))  # the static view: rendered notebooks (GitHub) show no widgets
     return w.VBox([w.HBox([controls["preset"], controls["divergence"], controls["mara"]]),
                    w.HBox([controls["log10_beta"], controls["alpha"], controls["tau"]]), out])
