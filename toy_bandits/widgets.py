@@ -40,6 +40,7 @@ def explorer_figure(preset="fig4", log10_beta: float = -1.0, divergence: str = "
         ax.bar([a - 0.2 for a in arms], bandit.reference, 0.4, label="reference", **REFERENCE_BAR)
         ax.bar([a + 0.2 for a in arms], target, 0.4, color=color, label="target", hatch="///" if mara else None,
                edgecolor="white" if mara else color)
+        ax.set_xticks(list(arms))
     else:
         ax.step(arms, bandit.reference, where="mid", label="reference", **REFERENCE_LINE)
         ax.step(arms, target, where="mid", color=color, label="target", ls="--" if mara else "-")
