@@ -35,7 +35,6 @@ test: unit notebooks
 # Re-execute every notebook in place with full settings (stored results for 04/05; 06 takes its GPU
 # path where there is one), after adding cell ids, the Colab badge and install cell; then commit them.
 render: setup
-	$(PY) -m pip install -q nbclient ipykernel
 	PYTHONPATH=$(CURDIR) $(PY) tools/render_notebooks.py
 
 lab: setup
