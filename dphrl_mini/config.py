@@ -6,6 +6,19 @@ thing. ``validate()`` raises a ``ValueError`` that names the field and the fix.
 
 Presets: ``tiny-cpu`` (the built-in tiny model, minutes on a laptop CPU) and ``one-gpu-qlora``
 (a 0.5B-1.5B instruct model in 4-bit NF4 with LoRA on one Colab-class GPU).
+
+**DPH strength: our ``eta`` vs the released ``sft_loss_coeff``** (papers/dph-rl.md, "Strength of
+the DPH term"). We write the loss as ``token_mean(RL) + eta * token_mean(DPH)``. The released verl
+code averages per-micro-batch token means over gradient accumulation, with 256 reference rows next
+to 2,048 on-policy rows per step, so its ``sft_loss_coeff`` c acts as ``eta ~= 0.125 * c``
+(0.10-0.14 depending on the mini-batch): ``eta_from_sft_loss_coeff``. The released scripts use
+c = 0.01 (README ranges 0.01-0.05 forward/alpha, 0.05-0.2 JS), i.e. eta ~= 0.001-0.03; our default
+``eta`` is the scripts' 0.01 converted, 0.00125. The released split rule is 4 samples, all 4 correct
+(``presample_k=4``, ``presample_threshold=1.0``), our defaults.
+
+**MARA's beta is the KL coefficient** (papers/mara.md): MARA's augmented reward gives a uniform
+target only inside ``E[R_bar] - beta * KL(pi || pi_ref)`` with the same beta, so ``mara=True`` uses
+``kl_coef`` for both and needs ``kl_coef > 0`` (method ``rkl``); "GRPO + MARA rewards" is refused.
 """
 
 from __future__ import annotations
@@ -32,6 +45,20 @@ _METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 METHODS: tuple[str, ...] = tuple(_METHOD_DEFAULTS)
 """Every training method, by the name used in configs, logs and plots."""
+
+RELEASED_SFT_LOSS_COEFF = 0.01
+"""``actor.sft_loss_coeff`` in the released DPH-RL scripts (forward_kl.sh, js_kl.sh, alpha.sh)."""
+ETA_PER_SFT_LOSS_COEFF = 0.125
+"""Our eta per unit of released ``sft_loss_coeff``: 256 reference rows / 2,048 on-policy rows."""
+
+
+def eta_from_sft_loss_coeff(sft_loss_coeff: float) -> float:
+    """The released ``sft_loss_coeff`` as our ``eta`` (module docstring).
+
+    >>> eta_from_sft_loss_coeff(0.01)
+    0.00125
+    """
+    return ETA_PER_SFT_LOSS_COEFF * sft_loss_coeff
 
 
 def method_defaults(method: str) -> dict[str, Any]:
@@ -85,24 +112,26 @@ class TrainConfig:
     loss_aggregation: str = "token_mean"
     """"token_mean" or "sequence_mean"."""
     kl_coef: float | None = None
-    """Reverse-KL penalty coefficient (rkl); None = the method's default."""
+    """Reverse-KL penalty coefficient beta (rkl; also MARA's beta); None = the method's default."""
     kl_estimator: str = "k3"
-    eta: float = 1.0
-    """DPH-RL coefficient on the divergence loss over stored reference samples."""
+    eta: float = eta_from_sft_loss_coeff(RELEASED_SFT_LOSS_COEFF)
+    """DPH-RL coefficient on the token-mean divergence loss over stored reference samples; the
+    released sft_loss_coeff c is eta = 0.125 c (module docstring), so the default is c = 0.01."""
     alpha: float = 0.5
     """alpha of the alpha divergence (dph_alpha), in (0, 1)."""
     reference_batch_size: int = 64
-    """Stored reference sequences per step for DPH methods."""
+    """Stored reference sequences per optimizer update for DPH methods, drawn afresh each update
+    from a seeded pass over the store (the release: 256 per 2,048 on-policy rows)."""
     mara: bool = False
-    """Apply MARA (Algorithm 1) to each prompt's group of rewards; needs the online reference."""
-    mara_beta: float = 0.05
+    """Apply MARA (Algorithm 1) to each prompt's group of rewards, with beta = ``kl_coef`` (MARA's
+    beta *is* the KL coefficient); needs ``kl_coef > 0``."""
     mara_tau: float = 1.0
 
     # --- pre-sampling (DPH-RL hybrid split) ------------------------------------------------------
-    presample_k: int = 8
-    """Samples per training prompt from the initial policy."""
+    presample_k: int = 4
+    """Samples per training prompt from the initial policy (released: 4)."""
     presample_threshold: float = 1.0
-    """Pass rate at or above which a prompt is near-perfect (D_pef)."""
+    """Pass rate at or above which a prompt is near-perfect (D_pef); released: 1.0 (4 of 4)."""
     keep_references: str = "one"
     """"one" correct reference per near-perfect prompt (as released) or "all_distinct"."""
     train_on: str = "auto"
@@ -160,6 +189,17 @@ class TrainConfig:
     progress: bool = True
 
     # ------------------------------------------------------------------------------------------
+    def __post_init__(self) -> None:
+        self._check_mara()  # at construction: a MARA config without its KL term is never built
+
+    def _check_mara(self) -> None:
+        if self.mara and self.method in METHODS and self.method_kl_coef() <= 0:
+            raise ValueError(
+                f"config field `kl_coef`={self.kl_coef!r} (method {self.method!r}): MARA needs a reverse-KL term, "
+                "because its beta is the KL coefficient (the augmented rewards give a uniform target only "
+                "inside E[R] - beta*KL with the same beta; without it the optimum is the correct answer with "
+                "the lowest pi_ref). Use method='rkl' with kl_coef>0, e.g. kl_coef=0.05")
+
     def method_eps_high(self) -> float:
         return self.eps_high if self.eps_high is not None else method_defaults(self.method)["eps_high"]
 
@@ -170,8 +210,8 @@ class TrainConfig:
         return method_defaults(self.method)["divergence"]
 
     def needs_reference_model(self) -> bool:
-        """The online reference (adapters disabled) is needed only by the KL penalty and MARA."""
-        return self.method_kl_coef() > 0 or self.mara
+        """The online reference (adapters disabled) is needed by the KL penalty (and so by MARA)."""
+        return self.method_kl_coef() > 0
 
     def validate(self) -> "TrainConfig":
         """Raise ValueError naming the field and the fix; return self when all is well."""
@@ -190,11 +230,12 @@ class TrainConfig:
             bad("optimizer", "use 'adamw' or 'paged_adamw_8bit'")
         if self.optimizer == "paged_adamw_8bit" and importlib.util.find_spec("bitsandbytes") is None:
             bad("optimizer", "paged_adamw_8bit needs bitsandbytes; use optimizer='adamw'")
-        for name in ("eta", "mara_beta", "weight_decay", "warmup_steps", "eval_every"):
+        for name in ("eta", "weight_decay", "warmup_steps", "eval_every"):
             if getattr(self, name) < 0:
                 bad(name, "must be >= 0")
         if self.kl_coef is not None and self.kl_coef < 0:
             bad("kl_coef", "must be >= 0")
+        self._check_mara()
         for name in ("num_generations", "prompts_per_step", "max_new_tokens", "steps",
                      "micro_batch_size", "presample_k", "eval_n", "reference_batch_size",
                      "lora_rank", "generation_batch_size", "updates_per_step", "max_nonfinite_steps", "save_every"):
@@ -242,6 +283,9 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
         known = {f.name for f in dataclasses.fields(cls)}
+        if "mara_beta" in values:
+            raise ValueError("config field `mara_beta` was removed: MARA's beta is the KL coefficient, "
+                             "set `kl_coef` (with method='rkl') instead")
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"unknown config field(s) {unknown}; valid fields: {sorted(known)}")
@@ -256,16 +300,18 @@ class TrainConfig:
 
 PRESETS: dict[str, dict[str, Any]] = {
     # The built-in tiny model on a CPU: a run takes minutes.
+    # DPH: the released split rule (4 of 4) and eta (sft_loss_coeff 0.01); 16 reference rows per
+    # update next to 128 on-policy rows, the release's 1:8.
     "tiny-cpu": dict(model="tiny", task="countdown", num_generations=16, prompts_per_step=16,
-                     max_new_tokens=24, steps=100, lr=2e-4, presample_k=16, presample_threshold=0.25, lora_rank=16, lora_alpha=32,
-                     eta=1.0, reference_batch_size=64, eval_n=64, micro_batch_size=256),
+                     max_new_tokens=24, steps=100, lr=2e-4, presample_k=4, presample_threshold=1.0,
+                     lora_rank=16, lora_alpha=32, reference_batch_size=16, eval_n=64, micro_batch_size=256),
     # One Colab-class GPU: a 0.5B-1.5B instruct model in 4-bit with LoRA on GSM8K-style data.
     "one-gpu-qlora": dict(model="Qwen/Qwen2.5-0.5B-Instruct", quantization="4bit", task="math",
                           task_source="openai/gsm8k", chat_template=True, num_generations=8,
                           prompts_per_step=8, max_new_tokens=256, steps=200, lr=1e-5,
                           lora_rank=16, lora_alpha=32, gradient_checkpointing=True,
-                          optimizer="paged_adamw_8bit", micro_batch_size=8, eta=0.1,
-                          reference_batch_size=16, eval_n=16, eval_ks=[1, 2, 4, 8, 16],
+                          optimizer="paged_adamw_8bit", micro_batch_size=8,
+                          reference_batch_size=4, eval_n=16, eval_ks=[1, 2, 4, 8, 16],
                           generation_batch_size=64, train_size=2000, eval_size=200, ood_size=0),
 }
 

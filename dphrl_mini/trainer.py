@@ -114,7 +114,7 @@ class Trainer:
         self.device = self.accelerator.device
         self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed * 7919 + self.accelerator.process_index)
         self.step_index = 0
-        self.data_state = {"epoch": 0, "cursor": 0}
+        self.data_state = {"epoch": 0, "cursor": 0, "reference_pass": 0, "reference_cursor": 0}
         self.nonfinite_in_a_row = 0
         self.history: list[dict] = []
         self.presampled: PresampleResult | None = None
@@ -194,7 +194,7 @@ class Trainer:
             rows += [self.pool[i] for i in take]
             self.data_state["cursor"] += len(take)
             if self.data_state["cursor"] >= len(self.pool):
-                self.data_state = {"epoch": self.data_state["epoch"] + 1, "cursor": 0}
+                self.data_state.update(epoch=self.data_state["epoch"] + 1, cursor=0)
         return rows
 
     # --- one RL step -----------------------------------------------------------------------------
@@ -244,9 +244,9 @@ class Trainer:
         if cfg.needs_reference_model():  # online reference: the same weights with adapters off
             with reference_mode(self.policy):
                 reference_logps = self._no_grad_logps(rollout)  # (B, T)
-        if cfg.mara:  # MARA Algorithm 1 per prompt group, sequence log-probs under pi_ref
+        if cfg.mara:  # MARA Algorithm 1 per prompt group, sequence log-probs under pi_ref; beta = kl_coef
             seq_ref = (reference_logps * mask).sum(-1).view(-1, G).cpu().numpy()
-            augmented = [mara_rewards(r, s, cfg.mara_beta, cfg.mara_tau) for r, s in
+            augmented = [mara_rewards(r, s, cfg.method_kl_coef(), cfg.mara_tau) for r, s in
                          zip(rewards.view(-1, G).cpu().numpy(), seq_ref)]
             rewards = torch.tensor(np.concatenate(augmented), dtype=torch.float32, device=self.device)
         advantages = group_advantages(rewards, G, scale_by_std=cfg.scale_advantages_by_std)  # (B,)
@@ -342,11 +342,26 @@ class Trainer:
         self.scheduler.step()
         return True
 
+    def next_reference_indices(self, n: int) -> list[int]:
+        """The next ``n`` stored reference rows of a seeded per-pass permutation of the store: every
+        update rehearses fresh rows, and each row once per pass, as the release's shuffled chunks do
+        (the position is saved with ``data_state``; each DDP process takes its own pass)."""
+        size, state = len(self.presampled.store), self.data_state
+        indices: list[int] = []
+        while len(indices) < n:
+            seed = self.config.seed * 1_000_003 + 7_919 * state["reference_pass"] + self.accelerator.process_index
+            order = np.random.RandomState(seed % 2**32).permutation(size)
+            take = order[state["reference_cursor"]: state["reference_cursor"] + n - len(indices)]
+            indices += [int(i) for i in take]
+            state["reference_cursor"] += len(take)
+            if state["reference_cursor"] >= size:
+                state.update(reference_pass=state["reference_pass"] + 1, reference_cursor=0)
+        return indices
+
     def _dph_backward(self, divergence: str) -> float:
         """eta x token-mean divergence_per_token on stored pi_ref samples (DESIGN.md §1, step 2)."""
         cfg, store = self.config, self.presampled.store
-        rng = random.Random(cfg.seed * 1_000_003 + self.step_index * 101 + self.accelerator.process_index)
-        indices = [rng.randrange(len(store)) for _ in range(cfg.reference_batch_size)]
+        indices = self.next_reference_indices(cfg.reference_batch_size)
         total_tokens = sum(len(store.completion_ids[i]) for i in indices)
         value = 0.0
         for start in range(0, len(indices), cfg.micro_batch_size):
@@ -406,7 +421,8 @@ class Trainer:
         state = torch.load(folder / "state.pt", weights_only=False)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.step_index, self.data_state = state["step"], state["data_state"]
+        self.step_index = state["step"]
+        self.data_state = {"reference_pass": 0, "reference_cursor": 0, **state["data_state"]}
         self.nonfinite_in_a_row, self.history = state["nonfinite_in_a_row"], state["history"]
         rngs, rank = state["rng_per_process"], self.accelerator.process_index
         if len(rngs) != self.accelerator.num_processes:

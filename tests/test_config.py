@@ -32,7 +32,7 @@ def test_method_defaults():
     assert preset_config(method="rkl").method_kl_coef() > 0
     assert preset_config(method="dph_js").dph_divergence() == "js"
     assert not preset_config(method="dph_js").needs_reference_model()
-    assert preset_config(method="grpo", mara=True).needs_reference_model()
+    assert preset_config(method="rkl", kl_coef=0.05, mara=True).needs_reference_model()
     assert set(METHODS) == {"grpo", "dapo", "rkl", "dph_forward_kl", "dph_js", "dph_alpha"}
 
 
@@ -72,8 +72,31 @@ def test_4bit_without_bitsandbytes(monkeypatch):
 
 def test_cli_maps_onto_config(tmp_path):
     args = build_parser().parse_args(
-        ["train", "--preset", "tiny-cpu", "--method", "dph_alpha", "--alpha", "0.3", "--mara",
+        ["train", "--preset", "tiny-cpu", "--method", "dph_alpha", "--alpha", "0.3",
          "--eval-ks", "1", "2", "--kl-coef", "none", "--output-dir", str(tmp_path)])
     cfg = config_from_args(args)
-    assert (cfg.method, cfg.alpha, cfg.mara, cfg.eval_ks, cfg.kl_coef) == ("dph_alpha", 0.3, True, [1, 2], None)
+    assert (cfg.method, cfg.alpha, cfg.mara, cfg.eval_ks, cfg.kl_coef) == ("dph_alpha", 0.3, False, [1, 2], None)
     assert cfg.max_new_tokens == PRESETS["tiny-cpu"]["max_new_tokens"]
+
+
+def test_mara_beta_is_the_kl_coefficient():
+    """MARA (papers/mara.md): one beta for the augmented rewards and the KL term; no KL is an error."""
+    with pytest.raises(ValueError, match="kl_coef"):
+        preset_config("tiny-cpu", method="grpo", mara=True)
+    with pytest.raises(ValueError, match="kl_coef"):
+        preset_config("tiny-cpu", method="rkl", kl_coef=0.0, mara=True)
+    cfg = preset_config("tiny-cpu", method="rkl", kl_coef=0.05, mara=True)
+    assert cfg.validate() is cfg and cfg.method_kl_coef() == 0.05
+    with pytest.raises(ValueError, match="mara_beta.*kl_coef"):
+        TrainConfig.from_dict({"method": "rkl", "mara": True, "mara_beta": 0.05})
+
+
+def test_presets_use_the_released_split_rule_and_strength():
+    """Released DPH-RL: 4 samples, all 4 correct; sft_loss_coeff 0.01 = eta 0.00125 in our scale."""
+    from dphrl_mini.config import eta_from_sft_loss_coeff
+
+    assert eta_from_sft_loss_coeff(0.01) == pytest.approx(0.00125)
+    for name in PRESETS:
+        cfg = preset_config(name, method="dph_js")
+        assert (cfg.presample_k, cfg.presample_threshold) == (4, 1.0)
+        assert eta_from_sft_loss_coeff(0.01) <= cfg.eta <= eta_from_sft_loss_coeff(0.2)

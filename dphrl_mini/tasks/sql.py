@@ -29,6 +29,7 @@ import hashlib
 import itertools
 import os
 import random
+import re
 import sqlite3
 import time
 from functools import lru_cache
@@ -266,12 +267,22 @@ def equivalent_queries(row: dict) -> list[str]:
     raise KeyError(row["id"])
 
 
+def _copies_numbers(query: str, question: str) -> bool:
+    """True when every number in ``query`` appears in ``question`` (no ``k+1``-style arithmetic)."""
+    return set(re.findall(r"\d+", query)) <= set(re.findall(r"\d+", question))
+
+
 def sft_examples(rows: list[dict], per_problem: int, seed: int) -> list[tuple[str, str]]:
-    """(prompt, completion) pairs: up to ``per_problem`` different equivalent queries per row, at random."""
+    """(prompt, completion) pairs: up to ``per_problem`` different equivalent queries per row, at random.
+
+    Only queries that copy the question's numbers are drawn (``price>12`` yes, ``price>=13`` no):
+    a character-level model learns to copy long before it learns ``k+1``, and arithmetic variants
+    in its warm-start data teach it to garble numbers. The verifier still accepts every variant.
+    """
     rng = random.Random(seed)
     pairs = []
     for row in rows:
-        found = equivalent_queries(row)
+        found = [q for q in equivalent_queries(row) if _copies_numbers(q, row["question"])]
         pairs += [(row["prompt"], q) for q in rng.sample(found, min(per_problem, len(found)))]
     return pairs
 
