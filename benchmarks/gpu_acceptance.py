@@ -44,7 +44,6 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
 
 NEEDED_MODULES = ("bitsandbytes", "trl", "datasets", "peft", "accelerate", "nbclient", "nbformat", "ipykernel")
 PROMPTS = ["3 5 7 -> 22:", "12 4 -> 3:", "1 2 3 4 -> 10:", "Ana has 12 apples and buys 3 bags of 4."]
@@ -344,6 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--result", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--cuda", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]  # dphrl_mini and bench_trl, from any folder
     if args.child:  # one step, in the process run_step started
         child_main(args.child, Context(args.workdir, args.wheels, bool(args.cuda), args.budget_s), args.result)
         return 0
