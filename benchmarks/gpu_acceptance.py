@@ -141,11 +141,12 @@ def step_sampler(ctx: "Context") -> Iterator[Row]:
                   "pass" if diff <= LOGP_ATOL else "fail", f"<= {LOGP_ATOL:.0e}", diff)
 
 
-def _bench_args(ctx: "Context", *extra: str):
+def _bench_args(warmup: int, steps: int, *extra: str):
+    """``bench_trl.py``'s settings for one run: 64 completions x 256 tokens on CUDA, LoRA r16."""
     import bench_trl
 
     return bench_trl.parse_args(["--device", "cuda", "--G", "8", "--prompts", "8", "--max-new-tokens", "256",
-                                 "--rounds", "1", *extra])
+                                 "--rounds", "1", "--warmup", str(warmup), "--steps", str(steps), *extra])
 
 
 def _measure(args, fn, *fn_args) -> dict:
@@ -161,15 +162,16 @@ def _run_rows(step: str, label: str, r: dict) -> Iterator[Row]:
 
 
 def _speed(ctx: "Context", step: str, quantization: tuple[str, ...], step_target: float) -> Iterator[Row]:
-    """dphrl-mini ("merged", then "static") against TRL in this one process; TRL first so that a
-    slow or stuck CUDA-graph compile cannot cost the other measurements."""
+    """TRL, then dphrl-mini "merged" and "static", in this one process. TRL first and "static" last:
+    a slow or stuck CUDA-graph compile cannot cost the other measurements. One warm-up step
+    each, two for "static" (its first rollouts compile the decode step and record the graphs)."""
     from bench_trl import run_dphrl, run_trl
 
     path = str(ctx.model_dir)
-    args = _bench_args(ctx, "--warmup", "2", "--steps", "3", *quantization)
-    trl = _measure(_bench_args(ctx, "--warmup", "1", "--steps", "2", *quantization), run_trl, path)
+    trl = _measure(_bench_args(1, 2, *quantization), run_trl, path)
     yield from _run_rows(step, "TRL GRPOTrainer", trl)
-    for engine in ("merged", "static"):
+    for engine, warmup in (("merged", 1), ("static", 2)):
+        args = _bench_args(warmup, 2, *quantization)
         ours = _measure(args, run_dphrl, path, "grpo", engine)
         yield from _run_rows(step, f"dphrl-mini [{ours['engine_resolved']}]", ours)
         yield target_row(step, f"step time TRL / dphrl-mini [{engine}]", trl["s_per_step"] / ours["s_per_step"],
@@ -177,17 +179,10 @@ def _speed(ctx: "Context", step: str, quantization: tuple[str, ...], step_target
         yield target_row(step, f"peak memory dphrl-mini [{engine}] / TRL", ours["peak_mb"] / trl["peak_mb"],
                          1.0, at_least=False)
         if engine == "merged" and not quantization:
-            yield _packed_vs_padded(args, path, packed=ours)
-
-
-def _packed_vs_padded(args, path: str, packed: dict) -> Row:
-    """Issue step 4: does dense attention per packed row cost more than the padding it saves?"""
-    from bench_trl import run_dphrl
-
-    padded = _measure(args, run_dphrl, path, "grpo", packed["rollout_engine"], False)
-    return row("packed_vs_padded", "update s: packed / padded (64 x 256 tokens, bf16)",
-               f"{packed['update_s']:.3f} s / {padded['update_s']:.3f} s", "info",
-               number=padded["update_s"] / packed["update_s"])
+            padded = _measure(args, run_dphrl, path, "grpo", engine, False)
+            yield row("packed_vs_padded", "update s: packed / padded (64 x 256 tokens, bf16)",
+                      f"{ours['update_s']:.3f} s / {padded['update_s']:.3f} s", "info",
+                      number=padded["update_s"] / ours["update_s"])
 
 
 def step_speed_bf16(ctx: "Context") -> Iterator[Row]:
@@ -199,13 +194,26 @@ def step_speed_nf4(ctx: "Context") -> Iterator[Row]:
 
 
 def step_rollout_b256(ctx: "Context") -> Iterator[Row]:
-    from bench_trl import run_dphrl
+    """Rollouts alone (no update: its 256 x 256 x 151,936 logits are not what is measured), bf16, LoRA r16."""
+    import torch
+    from bench_trl import countdown_rows
 
-    args = _bench_args(ctx, "--G", "16", "--prompts", "16", "--warmup", "2", "--steps", "2")
-    for engine in ("merged", "static"):
-        r = _measure(args, run_dphrl, str(ctx.model_dir), "grpo", engine)
-        yield target_row("rollout_b256", f"rollout tok/s [{r['engine_resolved']}], B=256 x 256", r["rollout_tok_s"],
-                         50_000, at_least=True, unit="tok/s")
+    from dphrl_mini.engine import RolloutEngine
+    from dphrl_mini.models import load_policy
+
+    model, tok = load_policy(str(ctx.model_dir), lora_rank=16, device="cuda")
+    prompts = [r["prompt"] for r in countdown_rows(16)[1]]
+    for mode in ("merged", "static"):
+        engine = RolloutEngine(model, mode)
+        kwargs = dict(num_generations=16, max_new_tokens=256, generator=torch.Generator("cuda").manual_seed(0))
+        engine.generate(tok, prompts, **kwargs)  # warm-up: the merged copy, the compiled step, the graphs
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        out = engine.generate(tok, prompts, **kwargs)
+        torch.cuda.synchronize()
+        tok_s = float(out.completion_mask.sum()) / (time.perf_counter() - t)
+        yield target_row("rollout_b256", f"rollout tok/s [{engine.mode}], B={out.completion_mask.shape[0]} x 256",
+                         tok_s, 50_000, at_least=True, unit="tok/s")
 
 
 def run_notebook(path: Path, model_dir: Path, overrides: dict, workdir: Path, timeout: int) -> str:
@@ -253,16 +261,16 @@ class Step:
     """skipped when the local model could not be built"""
 
 
-STEPS = [
+STEPS = [  # budgets in seconds: together the default global budget of 10 minutes
     Step("wheels", 30, step_wheels, gpu=False, needs_model=False),
-    Step("local_model", 45, step_local_model, needs_model=False),
-    Step("gpu_tests", 60, step_gpu_tests, needs_model=False),
+    Step("local_model", 35, step_local_model, needs_model=False),
+    Step("gpu_tests", 45, step_gpu_tests, needs_model=False),
     Step("sampler", 60, step_sampler),
-    Step("speed_bf16", 140, step_speed_bf16),
+    Step("speed_bf16", 150, step_speed_bf16),
     Step("speed_nf4", 110, step_speed_nf4),
-    Step("rollout_b256", 60, step_rollout_b256),
-    Step("notebook06_nf4", 60, step_notebook06_nf4),
-    Step("notebook06_fp16", 50, step_notebook06_fp16),
+    Step("rollout_b256", 70, step_rollout_b256),
+    Step("notebook06_nf4", 55, step_notebook06_nf4),
+    Step("notebook06_fp16", 45, step_notebook06_fp16),
 ]
 BY_NAME = {s.name: s for s in STEPS}
 
