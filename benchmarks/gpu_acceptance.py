@@ -263,8 +263,8 @@ class Step:
 
 STEPS = [  # budgets in seconds: together the default global budget of 10 minutes
     Step("wheels", 30, step_wheels, gpu=False, needs_model=False),
-    Step("local_model", 35, step_local_model, needs_model=False),
-    Step("gpu_tests", 45, step_gpu_tests, needs_model=False),
+    Step("local_model", 30, step_local_model, needs_model=False),
+    Step("gpu_tests", 50, step_gpu_tests, needs_model=False),
     Step("sampler", 60, step_sampler),
     Step("speed_bf16", 150, step_speed_bf16),
     Step("speed_nf4", 110, step_speed_nf4),
