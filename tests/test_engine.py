@@ -116,6 +116,7 @@ def test_gumbel_sampler_distribution():
     assert set(top.tolist()) <= {0, 1}  # top-p 0.5 keeps the smallest prefix with mass >= 0.5
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA-graph decode path needs a GPU (not yet measured)")
 def test_static_cuda_graph_path():
     model, tok = load_policy("tiny", lora_rank=8, device="cuda")
