@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import math
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -71,10 +72,46 @@ def summary_row(name: str, seed: int, split: str, result: EvalResult, base: Eval
     return row
 
 
+NEAR_PERFECT_K = 4
+"""The released split rule: a prompt is near-perfect when all 4 of 4 samples are correct."""
+
+
+def near_perfect_ids(base: EvalResult, k: int = NEAR_PERFECT_K) -> set[str]:
+    """Held-out prompts the released rule would most likely put in D_pef for the base model: the
+    chance that all k of k samples are correct, estimated without bias from the base model's n
+    samples as C(c, k) / C(n, k), is at least 1/2."""
+    return {i for i, c in zip(base.ids, base.correct) if math.comb(c, k) / math.comb(base.n, k) >= 0.5}
+
+
+def subset(result: EvalResult, ids: set[str]) -> EvalResult:
+    """``result`` restricted to the prompts in ``ids`` (in its own order)."""
+    keep = [j for j, i in enumerate(result.ids) if i in ids]
+    pick = lambda values: [values[j] for j in keep] if values else values  # noqa: E731
+    return dataclasses.replace(result, ids=pick(result.ids), correct=pick(result.correct),
+                               distinct_keys=pick(result.distinct_keys), greedy_correct=pick(result.greedy_correct))
+
+
+def difficulty_rows(name: str, seed: int, results: dict[str, EvalResult], base: dict[str, EvalResult],
+                    ks: Iterable[int]) -> list[dict[str, Any]]:
+    """``summary_row``s per split and prompt group, split ``"{split}:near-perfect"`` or
+    ``"{split}:exploration"`` by the base model's own samples (``near_perfect_ids``): where each
+    method gains and where it loses."""
+    rows = []
+    for split, result in results.items():
+        if split not in base:
+            continue
+        near = near_perfect_ids(base[split])
+        for group, ids in (("near-perfect", near), ("exploration", set(base[split].ids) - near)):
+            if ids:
+                rows.append(summary_row(name, seed, f"{split}:{group}", subset(result, ids),
+                                        subset(base[split], ids), ks))
+    return rows
+
+
 def parse_variants(specs: Iterable[str]) -> dict[str, dict[str, Any]]:
     """``compare`` variants from the CLI's spec strings, named as ``dphrl-mini compare`` names them:
     ``"dph_js:eta=2"`` -> ``{"dph_js_eta2": {"method": "dph_js", "eta": 2}}``; ``"+mara"`` after the
-    method switches MARA on (``"grpo+mara:mara_beta=0.1"`` -> ``grpo+mara_mara_beta0.1``)."""
+    method switches MARA on (``"rkl+mara:kl_coef=0.05"`` -> ``rkl+mara_kl_coef0.05``)."""
     variants: dict[str, dict[str, Any]] = {}
     for spec in specs:
         name, _, rest = spec.partition(":")
@@ -117,6 +154,7 @@ def compare(base_config: TrainConfig, variants: dict[str, dict[str, Any]], seeds
         else:
             base = evaluate_base(base_cfg, splits)
         rows += [summary_row("base", seed, s, r, r, ks) for s, r in base.items()]
+        rows += difficulty_rows("base", seed, base, base, ks)
         for name, overrides in variants.items():
             run_dir = out_dir / name / f"seed{seed}"
             cfg = dataclasses.replace(base_config, **overrides, seed=seed, output_dir=str(run_dir))
@@ -125,6 +163,7 @@ def compare(base_config: TrainConfig, variants: dict[str, dict[str, Any]], seeds
             else:
                 results = run(cfg, splits=list(base))["eval"]
             rows += [summary_row(name, seed, s, r, base.get(s), ks) for s, r in results.items()]
+            rows += difficulty_rows(name, seed, results, base, ks)
         write_tables(rows, out_dir)
     return rows
 
