@@ -140,7 +140,8 @@ def sft_pairs(cfg: TinyConfig) -> list[tuple[str, str]]:
         if n <= 0:
             continue
         task = get_task(name)
-        rows = task.make_dataset("train", n, seed=SFT_SEED + cfg.seed)
+        kwargs = {"mix": False} if name == "countdown" else {}  # every difficulty, as the split has it
+        rows = task.make_dataset("train", n, seed=SFT_SEED + cfg.seed, **kwargs)
         pairs += task.sft_examples(rows, per_problem=cfg.per_problem, seed=SFT_SEED + cfg.seed)
     return pairs
 

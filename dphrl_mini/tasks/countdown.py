@@ -294,18 +294,19 @@ def format_prompt(numbers: list[int], target: int) -> str:
     return f"{' '.join(map(str, numbers))} -> {target}:"
 
 
-def make_dataset(split: str, n: int, seed: int = 0) -> list[dict]:
+def make_dataset(split: str, n: int, seed: int = 0, mix: bool = True) -> list[dict]:
     """``n`` distinct problems of ``split`` ("train", "test" or "ood"), drawn with ``seed``.
 
     "train" and "test" follow ``DIFFICULTY_MIX`` (rounded, the remainder going to "moderate"), in
-    a seeded random order. Rows: ``id``, ``prompt``, ``numbers`` (ascending), ``target``, ``difficulty``.
+    a seeded random order; ``mix=False`` draws from the whole split (its natural mix; the tiny
+    model's warm start). Rows: ``id``, ``prompt``, ``numbers`` (ascending), ``target``, ``difficulty``.
     """
     if split not in ("train", "test", "ood"):
         raise ValueError(f"split must be 'train', 'test' or 'ood', got {split!r}")
     pool, rng = _problems(split), random.Random(seed)
-    if split == "ood":
+    if split == "ood" or not mix:
         if n > len(pool):
-            raise ValueError(f"countdown 'ood' has {len(pool)} problems, asked for {n}")
+            raise ValueError(f"countdown {split!r} has {len(pool)} problems, asked for {n}")
         chosen = rng.sample(pool, n)
     else:
         quota = {d: round(n * DIFFICULTY_MIX[d]) for d in ("easy", "hard")}
