@@ -73,11 +73,10 @@ class Range:
         hint = f" ({self.hint})" if self.hint else ""
         if value is None:
             return None
-        if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)) or not math.isfinite(value):
-            return f"must be {kind} {self}{hint}"
-        if (self.low is not None and (value <= self.low if self.low_open else value < self.low)
+        if (isinstance(value, bool) or not isinstance(value, int if integer else (int, float)) or not math.isfinite(value)
+                or self.low is not None and (value <= self.low if self.low_open else value < self.low)
                 or self.high is not None and (value >= self.high if self.high_open else value > self.high)):
-            return f"must be {self}{hint}"
+            return f"must be {kind} {self}{hint}"
         return None
 
 
