@@ -492,8 +492,18 @@ class Trainer:
         The run owns ``output_dir`` meanwhile (``run.lock``). Resuming refuses a config that changes
         the run's mathematics (``config.resume_changes``); ``overwrite=True`` starts afresh instead."""
         ckpt.make_folder(self.output_dir, "output_dir")
-        lock = ckpt.lock_folder(self.output_dir) if self.accelerator.is_main_process else None
+        lock, error = None, None
+        if self.accelerator.is_main_process:  # the main process owns the folder for the whole launch
+            try:
+                lock = ckpt.lock_folder(self.output_dir)
+                self._claim_folder()
+            except ValueError as raised:
+                error = raised
+        if self.accelerator.num_processes > 1:  # DDP: every process stops, none waits for the others forever
+            error = error or next((ValueError(m) for m in gather_object([error and str(error)]) if m), None)
         try:
+            if error is not None:
+                raise error
             return self._train(resume)
         finally:
             if lock is not None:
@@ -502,9 +512,7 @@ class Trainer:
     def _train(self, resume: bool) -> list[dict]:
         cfg, folder = self.config, self.output_dir
         if self.accelerator.is_main_process:
-            self._claim_folder()
             dataclasses.replace(cfg, overwrite=False).to_yaml(folder / "config.yaml")
-        self.accelerator.wait_for_everyone()
         last = self._resume_point() if resume else None
         if last is None and self.accelerator.is_main_process:
             for log in ("metrics.jsonl", "evals.jsonl"):
