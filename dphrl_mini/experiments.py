@@ -104,7 +104,8 @@ def compare(base_config: TrainConfig, variants: dict[str, dict[str, Any]], seeds
     With ``reuse``, a run whose ``eval_{split}.json`` files already exist is loaded, not re-run, so an
     interrupted sweep continues where it stopped and a stored sweep (``results/``) reloads in
     seconds. A stored run whose ``config.yaml`` differs from the requested one is an error, not reused;
-    base-model folders (no config) are checked by task, ``eval_n`` and prompt count only.
+    base-model folders (no config) are checked by task, ``eval_n`` and prompt count only. Without
+    ``reuse``, every run starts afresh (``overwrite``).
     """
     out_dir, splits, ks = Path(out_dir), list(splits), base_config.eval_ks
     rows: list[dict[str, Any]] = []

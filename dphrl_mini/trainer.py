@@ -51,9 +51,8 @@ from .losses import aggregate, clipped_surrogate, divergence_per_token, group_ad
 from .models import lean_lora, load_policy, model_fingerprint, reference_mode
 from .packing import packed_logps
 from .rewards import score_completions
-from .tasks import validate_rows
 from .rollout import Rollout, sequence_logps
-from .tasks import get_task
+from .tasks import get_task, validate_rows
 
 OOM_HINT = ("out of GPU memory: lower `micro_batch_size` or `generation_batch_size`, shorten "
             "`max_new_tokens`, set `gradient_checkpointing=True`, or load the model with "
@@ -84,8 +83,20 @@ def _nonfinite_weights(adapter: Path) -> str | None:
     """Why a saved adapter must not be resumed from (NaN or inf weights), or None."""
     from safetensors.torch import load_file
 
-    bad = [name for name, tensor in load_file(adapter).items() if not torch.isfinite(tensor).all()]
+    try:
+        weights = load_file(adapter)
+    except Exception as error:  # noqa: BLE001 - a missing or unreadable file: not resumable either
+        return f"its adapter cannot be read ({type(error).__name__}: {error})"
+    bad = [name for name, tensor in weights.items() if not torch.isfinite(tensor).all()]
     return f"its adapter weights are NaN or inf ({bad[0]})" if bad else None
+
+
+def _logged_step(line: str) -> float:
+    """The step of a JSONL log line; infinity for a line a kill cut short (so it is dropped)."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return math.inf
 
 
 def set_seed(seed: int) -> None:
@@ -482,7 +493,7 @@ class Trainer:
             evals = self.output_dir / "evals.jsonl"
             if evals.exists():
                 kept = [line for line in evals.read_text().splitlines(keepends=True)
-                        if line.strip() and json.loads(line)["step"] <= self.step_index]
+                        if _logged_step(line) <= self.step_index]
                 ckpt.atomic_write_text(evals, "".join(kept))
 
     # --- the whole run ---------------------------------------------------------------------------
@@ -519,7 +530,6 @@ class Trainer:
                 (folder / log).write_text("")
         self._require_prompts()
         self.prepare_data()
-        self._require_prompts()
         if last is not None:
             self.load_checkpoint(last)
         else:  # same RNG state whether pre-sampling ran now or was loaded from an earlier attempt
