@@ -14,6 +14,7 @@ import time
 import typing
 from pathlib import Path
 
+from .checkpoint import make_folder
 from .config import METHODS, PRESETS, TrainConfig, preset_config
 
 
@@ -48,7 +49,7 @@ def cmd_presample(args) -> None:
 
     cfg = config_from_args(args)
     trainer = Trainer(cfg)
-    Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
+    make_folder(cfg.output_dir)
     trainer.prepare_data()
     if trainer.presampled is None:
         cfg = dataclasses.replace(cfg, train_on="exploration")

@@ -2,7 +2,9 @@
 
 ``TrainConfig`` is flat (CleanRL's ``Args``): every knob is one field with a docstring comment, so
 ``dphrl-mini train --method dph_js --eta 0.5`` and a YAML file ``method: dph_js`` say the same
-thing. ``validate()`` raises a ``ValueError`` that names the field and the fix.
+thing. ``validate()`` raises a ``ValueError`` that names the field and the fix: every numeric field
+must be a finite number in the range ``NUMERIC_RANGES`` declares for it (strings that parse as numbers,
+such as YAML's ``lr: 1e-3``, are converted first; an integer field refuses ``2.5``).
 
 Presets: ``tiny-cpu`` (the built-in tiny model, minutes on a laptop CPU) and ``one-gpu-qlora``
 (a 0.5B-1.5B instruct model in 4-bit NF4 with LoRA on one Colab-class GPU).
@@ -24,7 +26,10 @@ target only inside ``E[R_bar] - beta * KL(pi || pi_ref)`` with the same beta, so
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.util
+import math
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,6 +76,78 @@ def method_defaults(method: str) -> dict[str, Any]:
     if method not in _METHOD_DEFAULTS:
         raise ValueError(f"method={method!r} is unknown; choose one of {METHODS}")
     return dict(_METHOD_DEFAULTS[method])
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric config field accepts: a finite number between ``low`` and ``high``
+    (None = unbounded), each end included unless ``*_open``; ``hint`` explains the range."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    hint: str = ""
+
+    def __str__(self) -> str:
+        if self.high is None:
+            return "any finite number" if self.low is None else f"{'>' if self.low_open else '>='} {self.low:g}"
+        return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+
+    def problem(self, value: Any, integer: bool) -> str | None:
+        """Why ``value`` is refused, or None when it is accepted (None itself is left to the field)."""
+        kind = "an integer" if integer else "a finite number"
+        hint = f" ({self.hint})" if self.hint else ""
+        if value is None:
+            return None
+        if (isinstance(value, bool) or not isinstance(value, int if integer else (int, float)) or not math.isfinite(value)
+                or self.low is not None and (value <= self.low if self.low_open else value < self.low)
+                or self.high is not None and (value >= self.high if self.high_open else value > self.high)):
+            return f"must be {kind} {self}{hint}"
+        return None
+
+
+NUMERIC_RANGES: dict[str, Range] = {
+    # Every numeric TrainConfig field, with the range it must lie in (checked by TrainConfig.validate).
+    "lora_rank": Range(1), "lora_alpha": Range(0, low_open=True), "lora_dropout": Range(0, 1, high_open=True),
+    "train_size": Range(1), "eval_size": Range(0), "ood_size": Range(0), "data_seed": Range(0),
+    "eps_low": Range(0, 1, high_open=True, hint="the lower clip range, 0.2 as released"),
+    "eps_high": Range(0, hint="the upper clip range; None = the method's default"),
+    "clip_ratio_c": Range(1, low_open=True, hint="the dual-clip constant, 3.0 as released"),
+    "kl_coef": Range(0), "eta": Range(0),
+    "alpha": Range(0, 1, True, True, hint="the alpha divergence needs alpha strictly inside (0, 1)"),
+    "reference_batch_size": Range(1), "mara_tau": Range(),
+    "presample_k": Range(1), "presample_threshold": Range(0, 1, hint="a pass rate"),
+    "num_generations": Range(2, hint="group-normalized advantages need at least 2 completions per prompt"),
+    "prompts_per_step": Range(1), "max_new_tokens": Range(1), "temperature": Range(0, low_open=True),
+    "top_p": Range(0, 1, low_open=True), "generation_batch_size": Range(1), "steps": Range(1),
+    "lr": Range(0, 1, True, True, hint="e.g. 1e-5 for real models, 2e-4 for the tiny one"),
+    "weight_decay": Range(0), "warmup_steps": Range(0),
+    "max_grad_norm": Range(0, low_open=True, hint="the gradient-norm clip, e.g. 1.0"),
+    "updates_per_step": Range(1), "micro_batch_size": Range(1), "seed": Range(0),
+    "max_nonfinite_steps": Range(1), "eval_every": Range(0, hint="0 = only at the end"), "eval_n": Range(1),
+    "save_every": Range(1), "max_reward_error_steps": Range(1),
+}
+
+
+@functools.cache
+def _is_int_field(name: str) -> bool:
+    """True for ``int`` fields (``int | None`` included), False for ``float`` ones."""
+    hint = typing.get_type_hints(TrainConfig)[name]
+    return int in (hint, *typing.get_args(hint))
+
+
+def _as_number(value: Any, integer: bool) -> Any:
+    """``"1e-3"`` -> 0.001 and, for an integer field, ``3.0`` -> 3; anything else is returned as is
+    (``validate`` refuses what is still not a number of the right kind)."""
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            return value
+    if integer and isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
 
 
 @dataclass
@@ -188,10 +265,22 @@ class TrainConfig:
     save_every: int = 50
     progress: bool = True
 
-    # ------------------------------------------------------------------------------------------
+    # --- guards against silent failure -------------------------------------------------------------
+    max_reward_error_steps: int = 3
+    """Stop after this many consecutive steps in which a reward function failed on every completion."""
+    overwrite: bool = False
+    """Start afresh in ``output_dir``: delete the run files a previous run left there (checkpoints,
+    metrics, pre-sampled data, adapter) instead of resuming from them."""
+
     def __post_init__(self) -> None:
+        """Numbers given as text (YAML reads ``1e-3`` as a string) become numbers; ``validate`` checks them."""
+        for name in NUMERIC_RANGES:
+            setattr(self, name, _as_number(getattr(self, name), _is_int_field(name)))
+        if isinstance(self.eval_ks, (list, tuple)):
+            self.eval_ks = [_as_number(k, True) for k in self.eval_ks]
         self._check_mara()  # at construction: a MARA config without its KL term is never built
 
+    # ------------------------------------------------------------------------------------------
     def _check_mara(self) -> None:
         if self.mara and self.method in METHODS and self.method_kl_coef() <= 0:
             raise ValueError(
@@ -230,31 +319,13 @@ class TrainConfig:
             bad("optimizer", "use 'adamw' or 'paged_adamw_8bit'")
         if self.optimizer == "paged_adamw_8bit" and importlib.util.find_spec("bitsandbytes") is None:
             bad("optimizer", "paged_adamw_8bit needs bitsandbytes; use optimizer='adamw'")
-        for name in ("eta", "weight_decay", "warmup_steps", "eval_every"):
-            if getattr(self, name) < 0:
-                bad(name, "must be >= 0")
-        if self.kl_coef is not None and self.kl_coef < 0:
-            bad("kl_coef", "must be >= 0")
+        for name, allowed in NUMERIC_RANGES.items():
+            problem = allowed.problem(getattr(self, name), _is_int_field(name))
+            if problem:
+                bad(name, problem)
         self._check_mara()
-        for name in ("num_generations", "prompts_per_step", "max_new_tokens", "steps",
-                     "micro_batch_size", "presample_k", "eval_n", "reference_batch_size",
-                     "lora_rank", "generation_batch_size", "updates_per_step", "max_nonfinite_steps", "save_every"):
-            if int(getattr(self, name)) < 1:
-                bad(name, "must be a positive integer")
-        if self.num_generations < 2:
-            bad("num_generations", "group-normalized advantages need at least 2 completions per prompt")
         if self.updates_per_step > self.prompts_per_step:
             bad("updates_per_step", f"at most prompts_per_step={self.prompts_per_step} (each update takes whole groups)")
-        if not 0.0 < self.alpha < 1.0:
-            bad("alpha", "the alpha divergence needs alpha strictly inside (0, 1)")
-        if not 0.0 < self.temperature:
-            bad("temperature", "must be > 0")
-        if not 0.0 < self.top_p <= 1.0:
-            bad("top_p", "must lie in (0, 1]")
-        if not 0.0 < self.lr < 1.0:
-            bad("lr", "a learning rate in (0, 1), e.g. 1e-5 for real models, 2e-4 for the tiny one")
-        if self.eps_low < 0 or self.method_eps_high() < 0:
-            bad("eps_low", "clip ranges must be >= 0")
         if self.rollout_engine not in ("plain", "merged", "static", "auto"):
             bad("rollout_engine", "use 'plain', 'merged', 'static' or 'auto'")
         if self.kl_estimator not in ("k1", "k2", "k3"):
@@ -267,9 +338,7 @@ class TrainConfig:
             bad("keep_references", "use 'one' or 'all_distinct'")
         if self.train_on not in ("auto", "all", "exploration", "learnable"):
             bad("train_on", "use 'auto', 'all', 'exploration' or 'learnable'")
-        if not 0.0 <= self.presample_threshold <= 1.0:
-            bad("presample_threshold", "a pass rate in [0, 1]")
-        if any(int(k) < 1 or int(k) > self.eval_n for k in self.eval_ks):
+        if any(isinstance(k, bool) or not isinstance(k, int) or k < 1 or k > self.eval_n for k in self.eval_ks):
             bad("eval_ks", f"every k must satisfy 1 <= k <= eval_n={self.eval_n}; raise eval_n or drop large k")
         return self
 
@@ -325,3 +394,29 @@ def preset_config(name: str | None = None, **overrides: Any) -> TrainConfig:
         values.update(PRESETS[name])
     values.update(overrides)
     return TrainConfig.from_dict(values)
+
+
+RESUME_SAFE_FIELDS = frozenset({
+    "steps", "output_dir", "overwrite", "progress", "eval_every", "eval_n", "eval_ks", "eval_size", "ood_size",
+    "save_every", "device", "micro_batch_size", "generation_batch_size", "gradient_checkpointing",
+    "rollout_engine", "pack_sequences", "max_nonfinite_steps", "max_reward_error_steps", "fail_fast"})
+"""Fields a resumed run may change (each change is logged): evaluation, progress and bookkeeping,
+memory knobs that give the same updates (micro-batches, the sampler, packing), the guards, and a
+larger ``steps``. Any other difference changes the run's mathematics and refuses to resume."""
+
+
+def resume_changes(saved: dict[str, Any], config: TrainConfig) -> tuple[list[str], list[str]]:
+    """``(refused, allowed)``: the differences from a run folder's saved config to ``config``, each as
+    ``"field: old -> new"``. Fields absent from ``saved`` (written by an older version) are skipped.
+
+    >>> resume_changes({"lr": 2e-4, "steps": 4}, TrainConfig(lr=1e-3, steps=6))
+    (['lr: 0.0002 -> 0.001'], ['steps: 4 -> 6'])
+    """
+    refused, allowed = [], []
+    for name, value in config.to_dict().items():
+        if name not in saved or saved[name] == value:
+            continue
+        line = f"{name}: {saved[name]!r} -> {value!r}"
+        safe = name in RESUME_SAFE_FIELDS and not (name == "steps" and value < saved[name])
+        (allowed if safe else refused).append(line if safe or name != "steps" else line + " (fewer steps)")
+    return refused, allowed

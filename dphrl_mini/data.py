@@ -80,17 +80,29 @@ class ReferenceStore:
 
     @classmethod
     def load(cls, path: str | Path, expected_fingerprint: str | None = None) -> "ReferenceStore":
+        """Load a store after checking it against its mandatory ``.sha256`` sidecar."""
         path = Path(path)
         sidecar = path.with_suffix(path.suffix + ".sha256")
-        if sidecar.exists() and sidecar.read_text().strip() != sha256_file(path):
-            raise ValueError(f"reference store {path} is corrupt (checksum mismatch); re-run presample")
-        store = cls(**torch.load(path, weights_only=False))
+        if not sidecar.exists():
+            raise corrupt_presample(path, f"its checksum file {sidecar.name} is missing")
+        if sidecar.read_text().strip() != sha256_file(path):
+            raise corrupt_presample(path, "checksum mismatch")
+        try:
+            store = cls(**torch.load(path, weights_only=False))
+        except Exception as error:  # noqa: BLE001 - a checksummed file that still does not load
+            raise corrupt_presample(path, f"{type(error).__name__}: {error}") from None
         if expected_fingerprint is not None and store.fingerprint != expected_fingerprint:
             raise ValueError(
                 f"reference store {path} was made with another model or tokenizer "
                 f"(fingerprint {store.fingerprint} != {expected_fingerprint}); its log-probs would be "
                 "garbage for this model. Re-run `dphrl-mini presample` with the current model.")
         return store
+
+
+def corrupt_presample(path: Path, why: str) -> ValueError:
+    """The error for a damaged pre-sampling file: which file, why, and how to rebuild it."""
+    return ValueError(f"{path} is corrupt ({why}); re-run presample: delete presample.json and "
+                      f"reference_store.pt in {path.parent}, then run `dphrl-mini presample` (or train) again")
 
 
 @dataclass
@@ -120,7 +132,14 @@ class PresampleResult:
     @classmethod
     def load(cls, folder: str | Path, rows: list[dict], expected_fingerprint: str | None = None) -> "PresampleResult":
         folder = Path(folder)
-        split = json.loads((folder / "presample.json").read_text())
+        try:
+            split = json.loads((folder / "presample.json").read_text())
+        except ValueError as error:  # truncated or edited
+            raise corrupt_presample(folder / "presample.json", f"not valid JSON: {error}") from None
+        missing = [k for k in ("pass_rates", "k", "threshold", "exploration", "near_perfect")
+                   if not isinstance(split, dict) or k not in split]
+        if missing:
+            raise corrupt_presample(folder / "presample.json", f"field `{missing[0]}` is missing")
         by_id = {r["id"]: r for r in rows}
         missing = [i for i in split["exploration"] + split["near_perfect"] if i not in by_id]
         if missing:

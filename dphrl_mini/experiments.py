@@ -16,7 +16,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from .checkpoint import atomic_write_text
+from .checkpoint import atomic_write_text, make_folder
 from .config import TrainConfig
 from .evaluate import EvalResult, kept_lost
 from .trainer import Trainer
@@ -39,8 +39,7 @@ def load_eval(path: str | Path) -> EvalResult:
 def evaluate_base(config: TrainConfig, splits: Iterable[str] = ("test", "ood")) -> dict[str, EvalResult]:
     """The base model's results (fresh LoRA adapters are zero at init, so this is pi_ref)."""
     trainer = Trainer(config)
-    out = Path(config.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_folder(config.output_dir)
     results = {}
     for split in splits:
         if trainer.eval_rows(split):
@@ -142,7 +141,8 @@ def compare(base_config: TrainConfig, variants: dict[str, dict[str, Any]], seeds
     With ``reuse``, a run whose ``eval_{split}.json`` files already exist is loaded, not re-run, so an
     interrupted sweep continues where it stopped and a stored sweep (``results/``) reloads in
     seconds. A stored run whose ``config.yaml`` differs from the requested one is an error, not reused;
-    base-model folders (no config) are checked by task, ``eval_n`` and prompt count only.
+    base-model folders (no config) are checked by task, ``eval_n`` and prompt count only. Without
+    ``reuse``, every run starts afresh (``overwrite``).
     """
     out_dir, splits, ks = Path(out_dir), list(splits), base_config.eval_ks
     rows: list[dict[str, Any]] = []
@@ -157,7 +157,8 @@ def compare(base_config: TrainConfig, variants: dict[str, dict[str, Any]], seeds
         rows += difficulty_rows("base", seed, base, base, ks)
         for name, overrides in variants.items():
             run_dir = out_dir / name / f"seed{seed}"
-            cfg = dataclasses.replace(base_config, **overrides, seed=seed, output_dir=str(run_dir))
+            cfg = dataclasses.replace(base_config, **overrides, seed=seed, output_dir=str(run_dir),
+                                      overwrite=base_config.overwrite or not reuse)
             if reuse and _stored(run_dir, cfg, base):
                 results = {s: load_eval(run_dir / f"eval_{s}.json") for s in base}
             else:
@@ -168,7 +169,7 @@ def compare(base_config: TrainConfig, variants: dict[str, dict[str, Any]], seeds
     return rows
 
 
-_IRRELEVANT = ("output_dir", "progress", "save_every")
+_IRRELEVANT = ("output_dir", "progress", "save_every", "overwrite")
 
 
 def _stored(run_dir: Path, config: TrainConfig, splits: Iterable[str]) -> bool:

@@ -9,7 +9,9 @@ verifiable reward R). Departures from TRL's ``GRPOTrainer``, which lets an excep
 2. a ``None``, NaN or infinite reward scores 0; a wrong-length result scores the batch
    completion by completion;
 3. every such failure is counted (``n_errors``, logged by the trainer as ``reward_errors``) and
-   its traceback logged once per (function, exception type); ``fail_fast=True`` re-raises instead.
+   its traceback logged once per (function, exception type); ``fail_fast=True`` re-raises instead;
+4. ``failures``, when given, collects each failure's message by function name, so that the trainer
+   can stop a run whose reward function fails on every completion (``max_reward_error_steps``).
 """
 
 from __future__ import annotations
@@ -29,8 +31,13 @@ class RewardError(ValueError):
     """A reward function returned something that is not one finite number per completion."""
 
 
+def reward_name(fn: Callable) -> str:
+    """The name a reward function is reported by: its ``__qualname__``, or its class's for a callable object."""
+    return getattr(fn, "__qualname__", None) or type(fn).__qualname__
+
+
 def _log_once(fn: Callable, err: BaseException) -> None:
-    key = (getattr(fn, "__qualname__", repr(fn)), type(err).__name__)
+    key = (reward_name(fn), type(err).__name__)
     if key not in _logged:
         _logged.add(key)
         logger.warning("reward function %s failed (scored 0, logged once per error type):\n%s", key[0],
@@ -54,8 +61,11 @@ def _call(fn: Callable, prompts: list[str], completions: list[str], columns: dic
 
 
 def score_completions(reward_fns: list[Callable], prompts: list[str], completions: list[str],
-                      columns: dict[str, list], fail_fast: bool = False) -> tuple[np.ndarray, int]:
+                      columns: dict[str, list], fail_fast: bool = False,
+                      failures: dict[str, list[str]] | None = None) -> tuple[np.ndarray, int]:
     """Summed rewards (N,) and the number of (function, completion) pairs that failed and scored 0.
+    ``failures`` (if given) receives ``{function name: ["ErrorType: message", ...]}``, one entry per
+    failed completion.
 
     >>> def ok(prompts, completions, **_): return [float(c == "4") for c in completions]
     >>> def bad(prompts, completions, **_): return [1 / int(c) for c in completions]
@@ -80,6 +90,8 @@ def score_completions(reward_fns: list[Callable], prompts: list[str], completion
             except Exception as err:  # noqa: BLE001
                 n_errors += 1
                 _log_once(fn, err)
+                if failures is not None:
+                    failures.setdefault(reward_name(fn), []).append(f"{type(err).__name__}: {err}")
                 batch_error = None
         if batch_error is not None:  # the batch call failed but every single call worked
             _log_once(fn, batch_error)

@@ -14,8 +14,11 @@ micro-batch stream rather than rows concatenated into the RL batch (so routing n
 types); the forward-KL loss is not clamped at ±10; old log-probs come from the sampler (fp32) or a
 recomputed forward pass (bf16/fp16), not a separate actor.
 Everything else a long run needs is here too: non-finite steps are skipped (and stop the run after
-``max_nonfinite_steps`` in a row), atomic checksummed checkpoints with exact resume, metrics to
-``metrics.jsonl``, periodic evaluation, and ``accelerate launch`` for several processes (DDP).
+``max_nonfinite_steps`` in a row), a reward function that fails on every completion stops the run
+after ``max_reward_error_steps`` steps in a row, atomic checksummed checkpoints with exact resume
+(refused when the config changed the run's mathematics; a checkpoint with non-finite weights is
+never written), one run per output folder (``run.lock``), metrics to ``metrics.jsonl``, periodic
+evaluation, and ``accelerate launch`` for several processes (DDP).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import dataclasses
 import json
 import math
 import random
+import shutil
 import time
 import warnings
 from pathlib import Path
@@ -31,6 +35,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+import yaml
 from accelerate import Accelerator
 from accelerate.utils import gather_object
 from tqdm.auto import tqdm
@@ -38,7 +43,7 @@ from tqdm.auto import tqdm
 from toy_bandits.mara import mara_rewards
 
 from . import checkpoint as ckpt
-from .config import TrainConfig
+from .config import TrainConfig, resume_changes
 from .data import PresampleResult, presample, reward_columns
 from .engine import RolloutEngine
 from .evaluate import EvalResult, evaluate
@@ -47,7 +52,7 @@ from .models import lean_lora, load_policy, model_fingerprint, reference_mode
 from .packing import packed_logps
 from .rewards import score_completions
 from .rollout import Rollout, sequence_logps
-from .tasks import get_task
+from .tasks import get_task, validate_rows
 
 OOM_HINT = ("out of GPU memory: lower `micro_batch_size` or `generation_batch_size`, shorten "
             "`max_new_tokens`, set `gradient_checkpointing=True`, or load the model with "
@@ -60,7 +65,38 @@ def _to_device(rollout: Rollout, device) -> Rollout:
 
 
 class NonFiniteError(RuntimeError):
-    """Raised after ``max_nonfinite_steps`` consecutive steps with a non-finite loss or gradient."""
+    """Raised after ``max_nonfinite_steps`` consecutive steps with a non-finite loss or gradient, or
+    when the weights themselves are no longer finite (no checkpoint is written then)."""
+
+
+class RewardFunctionError(ValueError):
+    """Raised after ``max_reward_error_steps`` consecutive steps in which a reward function failed on
+    every completion: such a run would train on nothing."""
+
+
+RUN_FILES = ("config.yaml", "metrics.jsonl", "evals.jsonl", "presample.json", "reference_store.pt",
+             "reference_store.pt.sha256", "adapter", "eval_*.json", "checkpoint-*", ".checkpoint-*")
+"""What a run writes in its output_dir (globs); ``overwrite=True`` deletes these and nothing else."""
+
+
+def _nonfinite_weights(adapter: Path) -> str | None:
+    """Why a saved adapter must not be resumed from (NaN or inf weights), or None."""
+    from safetensors.torch import load_file
+
+    try:
+        weights = load_file(adapter)
+    except Exception as error:  # noqa: BLE001 - a missing or unreadable file: not resumable either
+        return f"its adapter cannot be read ({type(error).__name__}: {error})"
+    bad = [name for name, tensor in weights.items() if not torch.isfinite(tensor).all()]
+    return f"its adapter weights are NaN or inf ({bad[0]})" if bad else None
+
+
+def _logged_step(line: str) -> float:
+    """The step of a JSONL log line; infinity for a line a kill cut short (so it is dropped)."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return math.inf
 
 
 def set_seed(seed: int) -> None:
@@ -95,7 +131,8 @@ class Trainer:
         self.output_dir = Path(cfg.output_dir)
         self.fingerprint = model_fingerprint(model, tokenizer)
         kwargs = {"source": cfg.task_source} if cfg.task == "math" else {}
-        self.train_rows = self.task.make_dataset("train", cfg.train_size, seed=cfg.data_seed, **kwargs)
+        self.train_rows = validate_rows(self.task.make_dataset("train", cfg.train_size, seed=cfg.data_seed, **kwargs),
+                                        self.dataset_name("train"), self.task.check_row)
         self._eval_rows: dict[str, list[dict]] = {}
 
         params = [p for p in model.parameters() if p.requires_grad]
@@ -116,6 +153,7 @@ class Trainer:
         self.step_index = 0
         self.data_state = {"epoch": 0, "cursor": 0, "reference_pass": 0, "reference_cursor": 0}
         self.nonfinite_in_a_row = 0
+        self.reward_failure_streak: dict[str, int] = {}  # reward function -> steps in a row it failed on everything
         self.history: list[dict] = []
         self.presampled: PresampleResult | None = None
         self.pool = self.train_rows
@@ -135,13 +173,25 @@ class Trainer:
         return self.tokenizer.apply_chat_template([{"role": "user", "content": row["prompt"]}],
                                                   tokenize=False, add_generation_prompt=True)
 
+    def dataset_name(self, split: str) -> str:
+        """How errors name a split's data: the task source (math) or the built-in task."""
+        cfg = self.config
+        return f"{cfg.task_source} ({split})" if cfg.task_source else f"built-in {cfg.task} {split} split"
+
     def eval_rows(self, split: str) -> list[dict]:
         if split not in self._eval_rows:
             cfg = self.config
             size = cfg.eval_size if split == "test" else cfg.ood_size
             kwargs = {"source": cfg.task_source} if cfg.task == "math" else {}
-            self._eval_rows[split] = self.task.make_dataset(split, size, seed=cfg.data_seed, **kwargs) if size else []
+            rows = self.task.make_dataset(split, size, seed=cfg.data_seed, **kwargs) if size else []
+            self._eval_rows[split] = validate_rows(rows, self.dataset_name(split), self.task.check_row)
         return self._eval_rows[split]
+
+    def _require_prompts(self) -> None:
+        """An empty prompt pool would make ``next_rows`` wait forever: stop at once instead."""
+        if not self.pool:
+            raise ValueError(f"the training dataset {self.dataset_name('train')} has 0 usable prompts "
+                             f"(train_size={self.config.train_size}); nothing to train on")
 
     def prepare_data(self) -> None:
         """DPH methods (and ``train_on`` "exploration"/"learnable"): pre-sample once (or load the
@@ -187,6 +237,7 @@ class Trainer:
 
     def next_rows(self, n: int) -> list[dict]:
         """The next ``n`` prompts of a seeded per-epoch permutation (the data position is saved)."""
+        self._require_prompts()
         rows = []
         while len(rows) < n:
             order = np.random.RandomState(self.config.seed + 1000 * self.data_state["epoch"]).permutation(len(self.pool))
@@ -234,9 +285,12 @@ class Trainer:
                                        batch_size=cfg.generation_batch_size, generator=self.generator)
         rollout = _to_device(rollout, self.device)
         t_rollout = time.perf_counter() - t0
+        failures: dict[str, list[str]] = {}
         raw_rewards, reward_errors = score_completions(
             self.reward_fns, [p for p in prompts for _ in range(G)], rollout.completions,
-            reward_columns(rows, G), fail_fast=cfg.fail_fast)
+            reward_columns(rows, G), fail_fast=cfg.fail_fast, failures=failures)
+        failed_everywhere = {name: errors[0] for name, errors in failures.items() if len(errors) == len(raw_rewards)}
+        self.reward_failure_streak = {name: self.reward_failure_streak.get(name, 0) + 1 for name in failed_everywhere}
         rewards = torch.tensor(raw_rewards, dtype=torch.float32, device=self.device)  # (B,)
         mask = rollout.completion_mask.float()  # (B, T)
 
@@ -288,7 +342,14 @@ class Trainer:
                 handle.write(json.dumps(metrics) + "\n")
         for callback in self.callbacks:
             callback(metrics)
-        if self.nonfinite_in_a_row >= cfg.max_nonfinite_steps:  # the step is logged first
+        for name, streak in self.reward_failure_streak.items():  # the step is logged first
+            if streak >= cfg.max_reward_error_steps:
+                raise RewardFunctionError(
+                    f"reward function `{name}` failed on every completion for {streak} steps in a row "
+                    f"(max_reward_error_steps={cfg.max_reward_error_steps}), so the run learns nothing; its "
+                    f"first error: {failed_everywhere[name]}. A reward function must return one finite number "
+                    "per completion; set fail_fast=True to see the full traceback")
+        if self.nonfinite_in_a_row >= cfg.max_nonfinite_steps:
             raise NonFiniteError(
                 f"{self.nonfinite_in_a_row} steps in a row (max_nonfinite_steps={cfg.max_nonfinite_steps}) had a "
                 "non-finite loss or gradient and were skipped; lower `lr` or `max_grad_norm` (e.g. 0.5), use "
@@ -390,6 +451,13 @@ class Trainer:
     # --- checkpoints -----------------------------------------------------------------------------
     def save_checkpoint(self) -> Path | None:
         """Every process calls this (it gathers each one's RNG state); the main process writes."""
+        nonfinite = [n for n, p in self.policy.named_parameters() if p.requires_grad and not torch.isfinite(p).all()]
+        if nonfinite:  # never write (nor prune the good checkpoints for) weights that are NaN or inf
+            last = ckpt.latest_checkpoint(self.output_dir)
+            raise NonFiniteError(
+                f"step {self.step_index}: {len(nonfinite)} weight tensor(s) are NaN or inf (e.g. {nonfinite[0]}); "
+                f"no checkpoint written, the last good one ({last.name if last else 'none'}) is kept. Lower `lr` "
+                "or `max_grad_norm`, or use dtype='float32'")
         rng = {"python": random.getstate(), "numpy": np.random.get_state(),
                "torch": torch.get_rng_state(), "generator": self.generator.get_state()}
         rng_per_process = gather_object([rng]) if self.accelerator.num_processes > 1 else [rng]
@@ -397,13 +465,14 @@ class Trainer:
             return None
         state = {"step": self.step_index, "data_state": dict(self.data_state),
                  "nonfinite_in_a_row": self.nonfinite_in_a_row, "history": self.history,
+                 "reward_failure_streak": self.reward_failure_streak,
                  "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                  "rng_per_process": rng_per_process}
 
         def fill(folder: Path) -> None:
             self.policy.save_pretrained(folder / "adapter")
             torch.save(state, folder / "state.pt")
-            self.config.to_yaml(folder / "config.yaml")
+            dataclasses.replace(self.config, overwrite=False).to_yaml(folder / "config.yaml")
 
         path = ckpt.save_folder(self.output_dir / f"checkpoint-{self.step_index:06d}", fill,
                                 meta={"step": self.step_index, "fingerprint": self.fingerprint})
@@ -424,6 +493,7 @@ class Trainer:
         self.step_index = state["step"]
         self.data_state = {"reference_pass": 0, "reference_cursor": 0, **state["data_state"]}
         self.nonfinite_in_a_row, self.history = state["nonfinite_in_a_row"], state["history"]
+        self.reward_failure_streak = state.get("reward_failure_streak", {})
         rngs, rank = state["rng_per_process"], self.accelerator.process_index
         if len(rngs) != self.accelerator.num_processes:
             warnings.warn(f"checkpoint {folder} was saved by {len(rngs)} process(es), resuming with "
@@ -433,20 +503,48 @@ class Trainer:
         np.random.set_state(rng["numpy"])
         torch.set_rng_state(rng["torch"])
         self.generator.set_state(rng["generator"])
-        if self.accelerator.is_main_process:  # metrics.jsonl = exactly the steps up to the checkpoint
+        if self.accelerator.is_main_process:  # the logs = exactly the steps up to the checkpoint, each once
             ckpt.atomic_write_text(self.output_dir / "metrics.jsonl",
                                    "".join(json.dumps(m) + "\n" for m in self.history))
+            evals = self.output_dir / "evals.jsonl"
+            if evals.exists():
+                kept = [line for line in evals.read_text().splitlines(keepends=True)
+                        if _logged_step(line) <= self.step_index]
+                ckpt.atomic_write_text(evals, "".join(kept))
 
     # --- the whole run ---------------------------------------------------------------------------
     def train(self, resume: bool = True) -> list[dict]:
-        """Pre-sample (DPH), resume from the last complete checkpoint if any, train, evaluate."""
-        cfg = self.config
-        self.output_dir.mkdir(parents=True, exist_ok=True)
+        """Pre-sample (DPH), resume from the last complete checkpoint if any, train, evaluate.
+
+        The run owns ``output_dir`` meanwhile (``run.lock``). Resuming refuses a config that changes
+        the run's mathematics (``config.resume_changes``); ``overwrite=True`` starts afresh instead."""
+        ckpt.make_folder(self.output_dir, "output_dir")
+        lock, error = None, None
+        if self.accelerator.is_main_process:  # the main process owns the folder for the whole launch
+            try:
+                lock = ckpt.lock_folder(self.output_dir)
+                self._claim_folder()
+            except ValueError as raised:
+                error = raised
+        if self.accelerator.num_processes > 1:  # DDP: every process stops, none waits for the others forever
+            error = error or next((ValueError(m) for m in gather_object([error and str(error)]) if m), None)
+        try:
+            if error is not None:
+                raise error
+            return self._train(resume)
+        finally:
+            if lock is not None:
+                ckpt.unlock_folder(lock)
+
+    def _train(self, resume: bool) -> list[dict]:
+        cfg, folder = self.config, self.output_dir
         if self.accelerator.is_main_process:
-            cfg.to_yaml(self.output_dir / "config.yaml")
-        last = ckpt.latest_checkpoint(self.output_dir) if resume else None
+            dataclasses.replace(cfg, overwrite=False).to_yaml(folder / "config.yaml")
+        last = self._resume_point() if resume else None
         if last is None and self.accelerator.is_main_process:
-            (self.output_dir / "metrics.jsonl").write_text("")
+            for log in ("metrics.jsonl", "evals.jsonl"):
+                (folder / log).write_text("")
+        self._require_prompts()
         self.prepare_data()
         if last is not None:
             self.load_checkpoint(last)
@@ -459,15 +557,60 @@ class Trainer:
             metrics = self.step()
             bar.update(1)
             bar.set_postfix(reward=f"{metrics['reward_mean']:.2f}", solved=f"{metrics['solve_rate']:.2f}")
-            if self.step_index % cfg.save_every == 0 or self.step_index == cfg.steps:
-                self.save_checkpoint()
+            # evaluate before saving: a checkpoint then follows its step's evaluation, so a resume
+            # neither repeats nor skips one
             if cfg.eval_every and self.step_index % cfg.eval_every == 0 and self.step_index < cfg.steps:
                 self._log_eval(self.evaluate("test", n=min(cfg.eval_n, 16)), "test", periodic=True)
+            if self.step_index % cfg.save_every == 0 or self.step_index == cfg.steps:
+                self.save_checkpoint()
         bar.close()
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
-            self.policy.save_pretrained(self.output_dir / "adapter")
+            self.policy.save_pretrained(folder / "adapter")
         return self.history
+
+    def _claim_folder(self) -> None:
+        """Main process, holding the lock: start afresh (``overwrite``) or check that the folder's run
+        is this config's, then remove what killed saves and prunes left behind."""
+        cfg, folder = self.config, self.output_dir
+        if cfg.overwrite:
+            removed = sorted({p.name for pattern in RUN_FILES for p in folder.glob(pattern)})
+            for name in removed:
+                if (folder / name).is_dir():
+                    shutil.rmtree(folder / name)
+                else:
+                    (folder / name).unlink()
+            if removed:
+                warnings.warn(f"overwrite=True: deleted the previous run's files in {folder}: {', '.join(removed)}")
+        elif (folder / "config.yaml").exists():
+            saved = yaml.safe_load((folder / "config.yaml").read_text()) or {}
+            refused, allowed = resume_changes(saved, cfg)
+            if refused:
+                raise ValueError(
+                    f"output_dir {folder} holds a run made with another config, which cannot be resumed with: "
+                    f"{'; '.join(refused)}. To start fresh, use another output_dir or pass --overwrite "
+                    "(overwrite=True), which deletes that run's checkpoints and logs")
+            if allowed:
+                warnings.warn(f"resuming {folder} with changed settings: {'; '.join(allowed)}")
+        leftovers = ckpt.remove_leftovers(folder)
+        if leftovers:
+            warnings.warn(f"removed what an interrupted save or prune left in {folder}: {', '.join(leftovers)}")
+
+    def _resume_point(self) -> Path | None:
+        """The newest usable checkpoint; every newer one skipped is named with the reason."""
+        skipped = []
+        for folder in reversed(ckpt.checkpoint_folders(self.output_dir)):
+            problem = ckpt.checkpoint_problem(folder) or _nonfinite_weights(folder / "adapter" / "adapter_model.safetensors")
+            if problem is None:
+                if skipped and self.accelerator.is_main_process:
+                    warnings.warn(f"resuming from {folder.name} at step {int(folder.name.split('-')[1])}; "
+                                  f"skipped {'; '.join(skipped)}")
+                return folder
+            skipped.append(f"{folder.name} because {problem}")
+        if skipped and self.accelerator.is_main_process:
+            warnings.warn(f"no usable checkpoint in {self.output_dir}: starting again from step 0; "
+                          f"skipped {'; '.join(skipped)}")
+        return None
 
     def _log_eval(self, result: EvalResult, split: str, periodic: bool = False) -> dict:
         summary = {"step": self.step_index, "split": split, **result.summary(self.config.eval_ks if not periodic else None)}

@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 
 from dphrl_mini.cli import build_parser, config_from_args
-from dphrl_mini.config import METHODS, PRESETS, TrainConfig, preset_config
+from dphrl_mini.config import METHODS, NUMERIC_RANGES, PRESETS, TrainConfig, preset_config, resume_changes
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
@@ -100,3 +100,41 @@ def test_presets_use_the_released_split_rule_and_strength():
         cfg = preset_config(name, method="dph_js")
         assert (cfg.presample_k, cfg.presample_threshold) == (4, 1.0)
         assert eta_from_sft_loss_coeff(0.01) <= cfg.eta <= eta_from_sft_loss_coeff(0.2)
+
+
+@pytest.mark.parametrize("field,value", [
+    ("max_grad_norm", -1.0), ("max_grad_norm", float("nan")), ("max_grad_norm", float("inf")),
+    ("temperature", float("inf")), ("eps_low", float("nan")), ("clip_ratio_c", -1.0), ("eta", float("nan")),
+    ("eta", float("inf")), ("lr", float("nan")), ("kl_coef", float("inf")), ("steps", 2.5), ("steps", True),
+    ("train_size", 0), ("seed", -1), ("lora_dropout", 1.0), ("lr", "fast"),
+])
+def test_every_numeric_field_is_finite_and_in_range(field, value):
+    with pytest.raises(ValueError, match=f"`{field}`=.*must be (a finite number|an integer)"):
+        dataclasses.replace(TrainConfig(), **{field: value}).validate()
+
+
+def test_every_numeric_field_has_a_range():
+    import typing
+
+    hints = typing.get_type_hints(TrainConfig)
+    numeric = {name for name, hint in hints.items()
+               if {int, float} & {hint, *typing.get_args(hint)} and typing.get_origin(hint) is not list}
+    assert numeric == set(NUMERIC_RANGES)
+
+
+def test_yaml_numbers_written_as_text(tmp_path):
+    (tmp_path / "c.yaml").write_text("lr: 1e-3\nsteps: 1e2\neta: '0.5'\neval_ks: [1, '2']\n")
+    cfg = TrainConfig.from_yaml(tmp_path / "c.yaml").validate()
+    assert (cfg.lr, cfg.steps, cfg.eta, cfg.eval_ks) == (1e-3, 100, 0.5, [1, 2])
+    assert isinstance(cfg.steps, int)
+    (tmp_path / "c.yaml").write_text("steps: 2.5\n")
+    with pytest.raises(ValueError, match="`steps`=2.5: must be an integer >= 1"):
+        TrainConfig.from_yaml(tmp_path / "c.yaml").validate()
+
+
+def test_resume_changes_split_safe_from_refused():
+    saved = TrainConfig(steps=4, lr=2e-4, lora_rank=16).to_dict()
+    refused, allowed = resume_changes(saved, TrainConfig(steps=8, lr=2e-4, lora_rank=8, eval_every=2))
+    assert refused == ["lora_rank: 16 -> 8"] and allowed == ["steps: 4 -> 8", "eval_every: 0 -> 2"]
+    refused, _ = resume_changes(saved, TrainConfig(steps=2, method="dapo"))
+    assert refused == ["method: 'grpo' -> 'dapo'", "steps: 4 -> 2 (fewer steps)"]

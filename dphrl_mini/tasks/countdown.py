@@ -39,6 +39,7 @@ import random
 from fractions import Fraction
 from functools import lru_cache
 
+from .rows import check_field
 from .answers import extract_answer
 
 NAME = "countdown"
@@ -321,6 +322,16 @@ def make_dataset(split: str, n: int, seed: int = 0, mix: bool = True) -> list[di
         rng.shuffle(chosen)
     return [{"id": f"countdown-{split}-{'_'.join(map(str, nums))}-{target}", "prompt": format_prompt(list(nums), target),
              "numbers": list(nums), "target": target, "difficulty": level} for nums, target, _, level in chosen]
+
+
+def check_row(row: dict) -> None:
+    """A row's task columns: ``numbers`` a list of integers and ``target`` an integer (``validate_rows``)."""
+    check_field(row, "numbers", (list, tuple))
+    if not row["numbers"] or any(isinstance(x, bool) or not isinstance(x, int) for x in row["numbers"]):
+        raise ValueError(f"field `numbers`={row['numbers']!r} must be a non-empty list of integers")
+    check_field(row, "target", (int, float))
+    if isinstance(row["target"], float) and not row["target"].is_integer():  # inf and nan included
+        raise ValueError(f"field `target`={row['target']!r} must be an integer")
 
 
 def sft_examples(rows: list[dict], per_problem: int, seed: int) -> list[tuple[str, str]]:

@@ -19,6 +19,8 @@ import json
 import random
 from pathlib import Path
 
+from .rows import check_field
+
 NAME = "math"
 SAMPLE_PATH = Path(__file__).resolve().parent / "data" / "gsm8k_sample.jsonl"
 _NAMES = ("Ana", "Ben", "Chen", "Dara", "Eli", "Fatima", "Goran", "Hiro", "Ines", "Jamal")
@@ -31,21 +33,58 @@ def _final(answer: str) -> str:
 
 
 def load_dataset_rows(source: str, split: str = "train", n: int | None = None) -> list[dict]:
-    """Rows (``id``, ``prompt``, ``answer``) from a local JSONL path or a Hugging Face hub id."""
+    """Rows (``id``, ``prompt``, ``answer``) from a local JSONL path or a Hugging Face hub id.
+
+    A record without a string ``question``/``prompt`` or without an ``answer`` is a ``ValueError``
+    naming the file, the line (JSONL) or row (hub) and the field."""
     path = Path(source)
     if path.suffix == ".jsonl" or path.exists():
-        with open(path, encoding="utf-8") as f:
-            records = [json.loads(line) for line in f if line.strip()]
+        if not path.is_file():
+            raise ValueError(f"math task_source {source!r}: no such file")
+        records = _read_jsonl(path)
     else:
         import datasets  # optional dependency (the "data" extra)
 
         config = "main" if source.rstrip("/").endswith("gsm8k") else None
-        records = list(datasets.load_dataset(source, config, split=split))
+        records = [(f"{source} ({split}) row {i}", rec)
+                   for i, rec in enumerate(datasets.load_dataset(source, config, split=split))]
     rows = []
-    for i, rec in enumerate(records[:n] if n is not None else records):
+    for i, (where, rec) in enumerate(records[:n] if n is not None else records):
+        question = "question" if "question" in rec else "prompt"
+        try:
+            if question not in rec:
+                raise ValueError("field `question` (or `prompt`) is missing")
+            check_field(rec, question, str)
+            if rec.get("answer") is None:
+                raise ValueError("field `answer` is missing" if "answer" not in rec else "field `answer` is null")
+        except ValueError as error:
+            raise ValueError(f"{where}: {error}") from None
         rows.append({"id": f"math-{path.stem if path.exists() else source}-{split}-{i}",
-                     "prompt": rec.get("question", rec.get("prompt")), "answer": _final(str(rec["answer"]))})
+                     "prompt": rec[question], "answer": _final(str(rec["answer"]))})
     return rows
+
+
+def _read_jsonl(path: Path) -> list[tuple[str, dict]]:
+    """``(where, record)`` for each non-blank line, ``where`` naming the file and line."""
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            where = f"{path} line {number}"
+            try:
+                record = json.loads(line)
+            except ValueError as error:
+                raise ValueError(f"{where}: not valid JSON ({error})") from None
+            if not isinstance(record, dict):
+                raise ValueError(f"{where}: a JSON object with `question` and `answer` fields was expected")
+            records.append((where, record))
+    return records
+
+
+def check_row(row: dict) -> None:
+    """A row's task column: ``answer``, a string (``validate_rows``)."""
+    check_field(row, "answer", str)
 
 
 def _synthetic(rng: random.Random, hard: bool) -> tuple[str, str]:
