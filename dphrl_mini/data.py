@@ -85,12 +85,17 @@ class ReferenceStore:
         if sidecar.exists() and sidecar.read_text().strip() != sha256_file(path):
             raise ValueError(f"reference store {path} is corrupt (checksum mismatch); re-run presample")
         store = cls(**torch.load(path, weights_only=False))
-        if expected_fingerprint is not None and store.fingerprint != expected_fingerprint:
-            raise ValueError(
-                f"reference store {path} was made with another model or tokenizer "
-                f"(fingerprint {store.fingerprint} != {expected_fingerprint}); its log-probs would be "
-                "garbage for this model. Re-run `dphrl-mini presample` with the current model.")
+        if expected_fingerprint is not None:
+            store.check_fingerprint(expected_fingerprint, f"reference store {path}")
         return store
+
+    def check_fingerprint(self, expected_fingerprint: str, name: str = "the reference store") -> None:
+        """Raise ``ValueError`` unless the store was made with the model/tokenizer of ``expected_fingerprint``."""
+        if self.fingerprint != expected_fingerprint:
+            raise ValueError(
+                f"{name} was made with another model or tokenizer "
+                f"(fingerprint {self.fingerprint} != {expected_fingerprint}); its log-probs would be garbage "
+                "for this model. Re-run `dphrl-mini presample` (or `build_reference_store`) with the current model.")
 
 
 @dataclass
