@@ -60,7 +60,8 @@ def grpo_config(tmp_path, **overrides) -> GRPOConfig:
     values = dict(output_dir=str(tmp_path), num_generations=4, per_device_train_batch_size=8,
                   gradient_accumulation_steps=2, max_completion_length=16, beta=0.0, loss_type="dapo",
                   epsilon=0.2, use_vllm=False, report_to="none", logging_steps=1, max_steps=2,
-                  learning_rate=1e-2, temperature=1.0, bf16=False, use_cpu=True, save_strategy="no", seed=0,
+                  learning_rate=1e-2, temperature=1.0, bf16=False, gradient_checkpointing=False, use_cpu=True,
+                  save_strategy="no", seed=0,
                   disable_tqdm=True, dataloader_num_workers=0)
     values.update(overrides)
     return GRPOConfig(**values)
@@ -216,7 +217,7 @@ def test_dph_term_is_aggregate_divergence_per_token(tmp_path, tokenizer, dataset
 def test_rehearsal_keeps_reference_sequences_nearer_pi_ref(tmp_path, tokenizer, dataset, store):
     """30 steps of plain GRPO vs DPH-F from the same start: the mean |sequence log pi_theta - log pi_ref|
     over the stored sequences must end smaller with rehearsal (each run's figure is printed)."""
-    config = dict(max_steps=30, gradient_accumulation_steps=1, per_device_train_batch_size=16, learning_rate=1e-2)
+    config = dict(max_steps=30, gradient_accumulation_steps=1, per_device_train_batch_size=8, learning_rate=1e-2)
 
     def drift(trainer) -> float:
         batch = store.batch(list(range(len(store))), tokenizer.pad_token_id)

@@ -15,14 +15,14 @@ reward functions, ``peft_config``, generation, logging, checkpoints.
 How this differs from the project's own ``dphrl_mini.trainer.Trainer``:
 
 1. The RL term is TRL's, with TRL's settings (``loss_type``, ``epsilon``/``epsilon_high``, ``beta``,
-   ``num_iterations``...). Our DPH methods use clip-higher (0.2/0.28), token-mean aggregation and no KL:
-   ``GRPOConfig(loss_type="dapo", epsilon=0.2, epsilon_high=0.28, beta=0.0)`` is the same objective.
+   ``num_iterations``...). TRL's defaults (``loss_type="dapo"``, a token mean; ``beta=0``; ``epsilon=0.2``)
+   are ours but for clip-higher: add ``epsilon_high=0.28`` for our DPH methods' objective.
 2. RL prompts: TRL trains on the whole ``train_dataset``; the released recipe (and our trainer) runs RL
    on the exploration set only: pass ``dataset.select(store.meta["exploration"])``.
 3. eta is the same coefficient on the same term (a token mean over one reference batch per optimizer
    step). Under gradient accumulation the batch is split across the micro-steps, each adding its token
-   sum over the whole batch's token count, so the sum over the window is the token mean. Against TRL's
-   ``loss_type="grpo"`` (a sequence mean) the balance between the two terms differs from ours.
+   sum over the whole batch's token count, so the sum over the window is the token mean. With another
+   ``loss_type`` (e.g. ``"grpo"``, a sequence mean) the balance between the two terms differs from ours.
 4. The reference batch runs through ``rollout.sequence_logps`` (one padded forward, logits divided by
    the temperature the store was sampled at), as ``build_reference_store`` computed the stored log-probs,
    so x = log pi_theta - log pi_ref is exactly the drift since pre-sampling.
@@ -94,7 +94,7 @@ class _TRLRewards:
 
 
 def build_reference_store(model, tokenizer, dataset, reward_funcs: Callable | list[Callable], k: int = 8,
-                          threshold: float = 1.0, keep: str = "one", *, max_new_tokens: int = 256,
+                          threshold: float = 1.0, keep: str = "one", *, max_new_tokens: int = 512,
                           temperature: float = 1.0, top_p: float = 1.0, batch_size: int = 64,
                           solution_key: Callable[[str], Hashable] | None = None, seed: int = 0,
                           progress: bool = False) -> ReferenceStore:
@@ -109,9 +109,12 @@ def build_reference_store(model, tokenizer, dataset, reward_funcs: Callable | li
 
     ``dataset`` rows have a ``prompt`` (text, or a list of chat messages, templated with the
     tokenizer's chat template) and any columns the reward functions take, as in TRL. The sampling
-    settings default to ``GRPOConfig``'s. Returns a ``ReferenceStore`` (``.save(path)`` /
-    ``ReferenceStore.load(path)``); its ``meta`` holds ``pass_rates`` (one per dataset row) and
-    ``exploration``, the indices of the other rows (the released recipe's RL prompts).
+    settings default to ``GRPOConfig``'s (``max_completion_length=512``, ``temperature=1``,
+    ``top_p=1``). Build the store with the model in the dtype it trains in: TRL's bf16 autocast
+    (``GRPOConfig(bf16=True)``) shifts the policy's log-probs away from fp32 stored ones.
+    Returns a ``ReferenceStore`` (``.save(path)`` / ``ReferenceStore.load(path)``); its ``meta``
+    holds ``pass_rates`` (one per dataset row) and ``exploration``, the indices of the other rows
+    (the released recipe's RL prompts).
     """
     funcs = [reward_funcs] if callable(reward_funcs) else list(reward_funcs)
     if not funcs or not all(callable(fn) for fn in funcs):
