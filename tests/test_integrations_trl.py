@@ -124,6 +124,22 @@ def test_store_keeps_every_distinct_correct_answer(tokenizer, dataset, store):
     assert len(set(answers)) == len(answers)
 
 
+def test_store_from_chat_messages_passes_messages_to_rewards(tokenizer, dataset, store):
+    chat = AutoTokenizer.from_pretrained(TINY)
+    chat.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"  # templated text = the content
+    messages = dataset.map(lambda row: {"prompt": [{"role": "user", "content": row["prompt"]}]})
+    seen = []
+
+    def reward(prompts, completions, **columns):  # TRL's conversational shapes
+        seen.append((prompts[0], completions[0]))
+        return countdown.reward([p[0]["content"] for p in prompts], [c[0]["content"] for c in completions], **columns)
+
+    from_messages = build_reference_store(load_model(), chat, messages, reward, **STORE)
+    assert seen[0][0] == [{"role": "user", "content": dataset[0]["prompt"]}]
+    assert seen[0][1][0]["role"] == "assistant"
+    assert from_messages.completion_ids == store.completion_ids and from_messages.meta == store.meta
+
+
 def test_bad_arguments_fail_before_training(tmp_path, tokenizer, dataset, store):
     with pytest.raises(ValueError, match="dph_divergence='kl'"):
         make_trainer(DPHGRPOTrainer, tmp_path, tokenizer, dataset, reference_store=store, dph_divergence="kl")
@@ -210,6 +226,11 @@ def test_dph_term_is_aggregate_divergence_per_token(tmp_path, tokenizer, dataset
     for name, p in trainer.model.named_parameters():
         if p.requires_grad:
             torch.testing.assert_close(ours[name], p.grad, atol=1e-6, rtol=1e-5)
+
+    trainer.state.global_step = 1  # the next optimizer step draws a fresh reference batch
+    trainer.compute_loss(trainer.model, {})
+    assert trainer._reference_window.step == 1
+    assert [i for part in trainer._reference_window.parts for i in part] != indices
 
 
 # --- rehearsal, measured -----------------------------------------------------------------------------

@@ -108,7 +108,9 @@ def build_reference_store(model, tokenizer, dataset, reward_funcs: Callable | li
     distinct ``solution_key(completion)`` (default: the stripped completion text).
 
     ``dataset`` rows have a ``prompt`` (text, or a list of chat messages, templated with the
-    tokenizer's chat template) and any columns the reward functions take, as in TRL. The sampling
+    tokenizer's chat template) and any columns the reward functions take, as in TRL; reward functions
+    get ``prompts``, ``completions`` and those columns by keyword (not TRL's ``completion_ids``,
+    ``trainer_state`` or logging hooks). The sampling
     settings default to ``GRPOConfig``'s (``max_completion_length=512``, ``temperature=1``,
     ``top_p=1``). Build the store with the model in the dtype it trains in: TRL's bf16 autocast
     (``GRPOConfig(bf16=True)``) shifts the policy's log-probs away from fp32 stored ones.
