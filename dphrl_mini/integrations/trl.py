@@ -160,7 +160,8 @@ class DPHGRPOTrainer(GRPOTrainer):
 
     * ``reference_store``: a ``ReferenceStore`` (``build_reference_store`` or ``dphrl-mini presample``)
       or the path of a saved one; it must come from the same base model and tokenizer;
-    * ``dph_divergence``: ``"forward_kl"`` (DPH-F), ``"js"`` (DPH-JS) or ``"alpha"``;
+    * ``dph_divergence``: ``"forward_kl"`` (DPH-F), ``"js"`` (DPH-JS) or ``"alpha"`` (any of
+      ``losses.DPH_DIVERGENCES``);
     * ``dph_eta``: the coefficient eta (0 logs the divergence without training on it);
     * ``dph_alpha``: alpha of the alpha divergence, in (0, 1);
     * ``reference_batch_size``: stored samples drawn per optimizer step and process.
@@ -222,6 +223,7 @@ class DPHGRPOTrainer(GRPOTrainer):
         return window, part
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """TRL's loss for this micro-step + eta x this micro-step's share of the DPH term."""
         loss = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
         if not self.model.training or len(self.reference_store) == 0:  # evaluation: TRL's loss alone
             return loss
