@@ -91,12 +91,17 @@ class ReferenceStore:
             store = cls(**torch.load(path, weights_only=False))
         except Exception as error:  # noqa: BLE001 - a checksummed file that still does not load
             raise corrupt_presample(path, f"{type(error).__name__}: {error}") from None
-        if expected_fingerprint is not None and store.fingerprint != expected_fingerprint:
-            raise ValueError(
-                f"reference store {path} was made with another model or tokenizer "
-                f"(fingerprint {store.fingerprint} != {expected_fingerprint}); its log-probs would be "
-                "garbage for this model. Re-run `dphrl-mini presample` with the current model.")
+        if expected_fingerprint is not None:
+            store.check_fingerprint(expected_fingerprint, f"reference store {path}")
         return store
+
+    def check_fingerprint(self, expected_fingerprint: str, name: str = "the reference store") -> None:
+        """Raise ``ValueError`` unless the store was made with the model/tokenizer of ``expected_fingerprint``."""
+        if self.fingerprint != expected_fingerprint:
+            raise ValueError(
+                f"{name} was made with another model or tokenizer "
+                f"(fingerprint {self.fingerprint} != {expected_fingerprint}); its log-probs would be garbage "
+                "for this model. Re-run `dphrl-mini presample` (or `build_reference_store`) with the current model.")
 
 
 def corrupt_presample(path: Path, why: str) -> ValueError:
