@@ -68,7 +68,23 @@ class TrainConfig:
     task: str = "countdown"
     """"countdown", "sql" or "math"."""
     task_source: str | None = None
-    """math only: a hub id (e.g. openai/gsm8k) or a local JSONL; None = offline synthetic problems."""
+    """math only: a hub id (e.g. openai/gsm8k; its "test" split is evaluated) or a local JSONL (a fixed
+    fifth of its questions is held out for "test"); None = offline synthetic problems."""
+    dataset: str | None = None
+    """Your own training data instead of the task's (dphrl_mini/sources.py): a .jsonl/.json/.parquet/.csv
+    file, a ``save_to_disk`` folder or a hub id, with a ``prompt`` column (string or chat messages);
+    every other column reaches the reward functions as a keyword argument."""
+    eval_dataset: str | None = None
+    """Evaluation data for ``dataset`` (split "test"); None = hold out ``eval_fraction`` of it."""
+    eval_fraction: float = 0.1
+    """Share of ``dataset``'s distinct prompts held out for evaluation when ``eval_dataset`` is None."""
+    reward: list[str] | None = None
+    """Reward functions "MODULE:FUNCTION" (module name or path to a .py file), TRL's signature
+    ``f(prompts, completions, **kwargs) -> list[float | None]``; None = the task's own reward."""
+    reward_weights: list[float] | None = None
+    """One weight per ``reward`` function (default 1 each); the total reward is the weighted sum."""
+    correct_threshold: float = 1.0
+    """A completion is correct when its total reward is >= this (presample split, solve rate, Pass@k)."""
     train_size: int = 1000
     eval_size: int = 100
     ood_size: int = 100
@@ -158,6 +174,8 @@ class TrainConfig:
     eval_ks: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64])
     save_every: int = 50
     progress: bool = True
+    report_to: str = "none"
+    """"none" or "tensorboard" (accelerate's tracker, logs under output_dir; `pip install tensorboard`)."""
 
     # ------------------------------------------------------------------------------------------
     def method_eps_high(self) -> float:
@@ -228,6 +246,14 @@ class TrainConfig:
             bad("train_on", "use 'auto', 'all', 'exploration' or 'learnable'")
         if not 0.0 <= self.presample_threshold <= 1.0:
             bad("presample_threshold", "a pass rate in [0, 1]")
+        if not 0.0 <= self.eval_fraction < 1.0:
+            bad("eval_fraction", "a share of the prompts in [0, 1)")
+        if self.reward_weights is not None and len(self.reward_weights) != len(self.reward or []):
+            bad("reward_weights", f"give one weight per reward function ({len(self.reward or [])} given)")
+        if self.report_to not in ("none", "tensorboard"):
+            bad("report_to", "use 'none' or 'tensorboard'")
+        if self.report_to == "tensorboard" and importlib.util.find_spec("tensorboard") is None:
+            bad("report_to", "needs tensorboard: `pip install tensorboard` (or the `tensorboard` extra)")
         if any(int(k) < 1 or int(k) > self.eval_n for k in self.eval_ks):
             bad("eval_ks", f"every k must satisfy 1 <= k <= eval_n={self.eval_n}; raise eval_n or drop large k")
         return self

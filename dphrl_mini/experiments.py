@@ -11,7 +11,7 @@ import csv
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
@@ -48,9 +48,14 @@ def evaluate_base(config: TrainConfig, splits: Iterable[str] = ("test", "ood")) 
     return results
 
 
-def run(config: TrainConfig, splits: Iterable[str] = ("test", "ood"), callbacks=()) -> dict[str, Any]:
-    """Train ``config`` (resuming if its output_dir has a checkpoint) and evaluate every split."""
-    trainer = Trainer(config, callbacks=list(callbacks))
+def run(config: TrainConfig, splits: Iterable[str] = ("test", "ood"), callbacks=(), *,
+        reward_fns: list[Callable] | None = None, train_dataset=None, eval_dataset=None) -> dict[str, Any]:
+    """Train ``config`` (resuming if its output_dir has a checkpoint) and evaluate every split.
+
+    ``reward_fns`` (TRL signature), ``train_dataset`` and ``eval_dataset`` (``datasets.Dataset`` or
+    a list of dicts with a ``prompt``) replace the task's own (``sources.task_data``)."""
+    trainer = Trainer(config, callbacks=list(callbacks), reward_fns=reward_fns, train_dataset=train_dataset,
+                      eval_dataset=eval_dataset)
     history = trainer.train()
     results = {}
     for split in splits:
