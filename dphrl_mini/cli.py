@@ -98,9 +98,9 @@ def cmd_eval(args) -> None:
 def adapter_shape(cfg: TrainConfig, folder: Path) -> TrainConfig:
     """``cfg`` with the LoRA rank, alpha and target modules of the saved adapter (adapter_config.json)."""
     saved = json.loads((folder / "adapter_config.json").read_text())
-    targets = saved["target_modules"]
-    return dataclasses.replace(cfg, lora_rank=saved["r"], lora_alpha=saved["lora_alpha"],
-                               lora_target_modules=targets if isinstance(targets, str) else sorted(targets))
+    targets = saved["target_modules"]  # PEFT records "all-linear" as the full names of the layers
+    targets = targets if isinstance(targets, str) else sorted({t.rsplit(".", 1)[-1] for t in targets})
+    return dataclasses.replace(cfg, lora_rank=saved["r"], lora_alpha=saved["lora_alpha"], lora_target_modules=targets)
 
 
 def cmd_compare(args) -> None:
