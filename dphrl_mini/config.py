@@ -59,7 +59,7 @@ class TrainConfig:
     lora_target_modules: str | list[str] = "all-linear"
     gradient_checkpointing: bool = False
     dtype: str = "auto"
-    """"auto" (bf16 on GPU, fp32 on CPU), "float32", "bfloat16" or "float16"."""
+    """"auto" (bf16 on a GPU with native bf16, else fp32, printed), "float32", "bfloat16" or "float16"."""
     device: str = "auto"
     chat_template: bool = False
     """Wrap prompts with the tokenizer's chat template (instruct models)."""
@@ -138,8 +138,8 @@ class TrainConfig:
     rollout_engine: str = "auto"
     """Sampler (dphrl_mini/engine.py): "plain" (rollout.generate on the PEFT model), "merged" (a copy
     with LoRA folded into the weights, refreshed each rollout), "static" (merged + static KV cache +
-    CUDA-graph decode, CUDA only; falls back to "merged" elsewhere) or "auto" (static on CUDA,
-    merged otherwise)."""
+    CUDA-graph decode, CUDA only, opt-in until a GPU run checks it against the reference sampler;
+    falls back to "merged" elsewhere) or "auto" (merged)."""
 
     pack_sequences: bool = True
     """Training forward (dphrl_mini/packing.py): each distinct prompt once, completions without

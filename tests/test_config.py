@@ -77,3 +77,17 @@ def test_cli_maps_onto_config(tmp_path):
     cfg = config_from_args(args)
     assert (cfg.method, cfg.alpha, cfg.mara, cfg.eval_ks, cfg.kl_coef) == ("dph_alpha", 0.3, True, [1, 2], None)
     assert cfg.max_new_tokens == PRESETS["tiny-cpu"]["max_new_tokens"]
+
+
+def test_report_to_tensorboard_needs_tensorboard():
+    import importlib.util
+
+    from dphrl_mini.config import TrainConfig
+
+    with pytest.raises(ValueError, match="report_to"):
+        TrainConfig(report_to="wandb").validate()
+    if importlib.util.find_spec("tensorboard") is None:
+        with pytest.raises(ValueError, match="pip install tensorboard"):
+            TrainConfig(report_to="tensorboard").validate()
+    else:
+        TrainConfig(report_to="tensorboard").validate()
