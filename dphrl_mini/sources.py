@@ -30,7 +30,7 @@ import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 from .config import TrainConfig
 from .rewards import Verifier, normalized_text
@@ -162,9 +162,12 @@ def required_columns(fn: Callable) -> list[str]:
             and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
 
 
-def check_columns(rows: Iterable[dict], verifier: Verifier, name: str) -> None:
-    """Every column a reward function needs is in the rows."""
-    columns = set(next(iter(rows), {}))
+def check_columns(rows: list[dict], verifier: Verifier, name: str) -> None:
+    """Every column a reward function needs is in the rows (if there are any)."""
+    rows = list(rows)
+    if not rows:
+        return
+    columns = set(rows[0])
     for fn in verifier.reward_fns:
         missing = [c for c in required_columns(fn) if c not in columns]
         if missing:

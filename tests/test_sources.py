@@ -185,3 +185,11 @@ def test_math_file_splits_are_disjoint_and_prompts_carry_the_instruction():
     assert train and test and not {r["prompt"] for r in train} & {r["prompt"] for r in test}
     assert all(r["prompt"].endswith(math_task.INSTRUCTION) for r in train + test)
     assert math_task.with_instruction(train[0]["prompt"]) == train[0]["prompt"]  # never twice
+
+
+def test_a_built_in_task_without_ood_rows_still_loads(tmp_path):
+    """The one-gpu-qlora preset has ood_size=0: an empty split has no columns to check."""
+    cfg = preset_config("one-gpu-qlora", task_source=None, train_size=4, eval_size=2, output_dir=str(tmp_path))
+    data = task_data(cfg)
+    assert len(data.train) == 4 and len(data.eval["test"]) == 2 and data.eval["ood"] == []
+    assert data.verifier.name == "math" and data.verifier.solution_key is math_task.solution_key
