@@ -2,7 +2,8 @@
 
 One step (``Trainer.step``):
 1. draw ``prompts_per_step`` training prompts (D_exp for DPH methods) and sample G completions each;
-2. score them with the verifiable reward (a raising reward scores 0 and is counted);
+2. score them with the run's verifier (``rewards.Verifier``: the task's reward or the user's, from
+   ``sources.task_data``, the one way data and rewards enter; a raising reward scores 0 and is counted);
 3. [MARA] augment each group's rewards with the anchor rule (``toy_bandits.mara_rewards``,
    sequence log-probs from the online reference = the same model with adapters disabled);
 4. group-normalized advantages; then ``updates_per_step`` optimizer updates, each on a mini-batch
