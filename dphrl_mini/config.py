@@ -127,6 +127,7 @@ NUMERIC_RANGES: dict[str, Range] = {
     "updates_per_step": Range(1), "micro_batch_size": Range(1), "seed": Range(0),
     "max_nonfinite_steps": Range(1), "eval_every": Range(0, hint="0 = only at the end"), "eval_n": Range(1),
     "save_every": Range(1), "max_reward_error_steps": Range(1),
+    "eval_fraction": Range(0, 1, high_open=True, hint="a share of the prompts"), "correct_threshold": Range(),
 }
 
 
@@ -163,7 +164,7 @@ class TrainConfig:
     lora_target_modules: str | list[str] = "all-linear"
     gradient_checkpointing: bool = False
     dtype: str = "auto"
-    """"auto" (bf16 on GPU, fp32 on CPU), "float32", "bfloat16" or "float16"."""
+    """"auto" (bf16 on a GPU with native bf16, else fp32, printed), "float32", "bfloat16" or "float16"."""
     device: str = "auto"
     chat_template: bool = False
     """Wrap prompts with the tokenizer's chat template (instruct models)."""
@@ -172,7 +173,23 @@ class TrainConfig:
     task: str = "countdown"
     """"countdown", "sql" or "math"."""
     task_source: str | None = None
-    """math only: a hub id (e.g. openai/gsm8k) or a local JSONL; None = offline synthetic problems."""
+    """math only: a hub id (e.g. openai/gsm8k; its "test" split is evaluated) or a local JSONL (a fixed
+    fifth of its questions is held out for "test"); None = offline synthetic problems."""
+    dataset: str | None = None
+    """Your own training data instead of the task's (dphrl_mini/sources.py): a .jsonl/.json/.parquet/.csv
+    file, a ``save_to_disk`` folder or a hub id, with a ``prompt`` column (string or chat messages);
+    every other column reaches the reward functions as a keyword argument."""
+    eval_dataset: str | None = None
+    """Evaluation data for ``dataset`` (split "test"); None = hold out ``eval_fraction`` of it."""
+    eval_fraction: float = 0.1
+    """Share of ``dataset``'s distinct prompts held out for evaluation when ``eval_dataset`` is None."""
+    reward: list[str] | None = None
+    """Reward functions "MODULE:FUNCTION" (module name or path to a .py file), TRL's signature
+    ``f(prompts, completions, **kwargs) -> list[float | None]``; None = the task's own reward."""
+    reward_weights: list[float] | None = None
+    """One weight per ``reward`` function (default 1 each); the total reward is the weighted sum."""
+    correct_threshold: float = 1.0
+    """A completion is correct when its total reward is >= this (presample split, solve rate, Pass@k)."""
     train_size: int = 1000
     eval_size: int = 100
     ood_size: int = 100
@@ -228,8 +245,8 @@ class TrainConfig:
     rollout_engine: str = "auto"
     """Sampler (dphrl_mini/engine.py): "plain" (rollout.generate on the PEFT model), "merged" (a copy
     with LoRA folded into the weights, refreshed each rollout), "static" (merged + static KV cache +
-    CUDA-graph decode, CUDA only; falls back to "merged" elsewhere) or "auto" (static on CUDA,
-    merged otherwise)."""
+    CUDA-graph decode, CUDA only, opt-in until a GPU run checks it against the reference sampler;
+    falls back to "merged" elsewhere) or "auto" (merged)."""
 
     pack_sequences: bool = True
     """Training forward (dphrl_mini/packing.py): each distinct prompt once, completions without
@@ -264,6 +281,8 @@ class TrainConfig:
     eval_ks: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64])
     save_every: int = 50
     progress: bool = True
+    report_to: str = "none"
+    """"none" or "tensorboard" (accelerate's tracker, logs under output_dir; `pip install tensorboard`)."""
 
     # --- guards against silent failure -------------------------------------------------------------
     max_reward_error_steps: int = 3
@@ -338,6 +357,12 @@ class TrainConfig:
             bad("keep_references", "use 'one' or 'all_distinct'")
         if self.train_on not in ("auto", "all", "exploration", "learnable"):
             bad("train_on", "use 'auto', 'all', 'exploration' or 'learnable'")
+        if self.reward_weights is not None and len(self.reward_weights) != len(self.reward or []):
+            bad("reward_weights", f"give one weight per reward function ({len(self.reward or [])} given)")
+        if self.report_to not in ("none", "tensorboard"):
+            bad("report_to", "use 'none' or 'tensorboard'")
+        if self.report_to == "tensorboard" and importlib.util.find_spec("tensorboard") is None:
+            bad("report_to", "needs tensorboard: `pip install tensorboard` (or the `tensorboard` extra)")
         if any(isinstance(k, bool) or not isinstance(k, int) or k < 1 or k > self.eval_n for k in self.eval_ks):
             bad("eval_ks", f"every k must satisfy 1 <= k <= eval_n={self.eval_n}; raise eval_n or drop large k")
         return self

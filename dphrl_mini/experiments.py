@@ -12,7 +12,7 @@ import dataclasses
 import json
 import math
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
@@ -48,9 +48,14 @@ def evaluate_base(config: TrainConfig, splits: Iterable[str] = ("test", "ood")) 
     return results
 
 
-def run(config: TrainConfig, splits: Iterable[str] = ("test", "ood"), callbacks=()) -> dict[str, Any]:
-    """Train ``config`` (resuming if its output_dir has a checkpoint) and evaluate every split."""
-    trainer = Trainer(config, callbacks=list(callbacks))
+def run(config: TrainConfig, splits: Iterable[str] = ("test", "ood"), callbacks=(), *,
+        reward_fns: list[Callable] | None = None, train_dataset=None, eval_dataset=None) -> dict[str, Any]:
+    """Train ``config`` (resuming if its output_dir has a checkpoint) and evaluate every split.
+
+    ``reward_fns`` (TRL signature), ``train_dataset`` and ``eval_dataset`` (``datasets.Dataset`` or
+    a list of dicts with a ``prompt``) replace the task's own (``sources.task_data``)."""
+    trainer = Trainer(config, callbacks=list(callbacks), reward_fns=reward_fns, train_dataset=train_dataset,
+                      eval_dataset=eval_dataset)
     history = trainer.train()
     results = {}
     for split in splits:
@@ -182,13 +187,14 @@ def _stored(run_dir: Path, config: TrainConfig, splits: Iterable[str]) -> bool:
         stored, wanted = TrainConfig.from_yaml(saved).to_dict(), config.to_dict()
         diff = {k: (stored[k], wanted[k]) for k in wanted if k not in _IRRELEVANT and stored[k] != wanted[k]}
     else:  # a base-model folder: only what its evaluations record (task, samples, prompts) is checked
-        sizes = {"test": config.eval_size, "ood": config.ood_size}
+        sizes = {} if config.dataset else {"test": config.eval_size, "ood": config.ood_size}  # a dataset may hold fewer
+        task = "custom" if config.reward else config.task  # the name of the verifier (sources.make_verifier)
         diff = {}
         for s in splits:
             data = json.loads((run_dir / f"eval_{s}.json").read_text())
-            if (data["task"], data["n"], len(data["ids"])) != (config.task, config.eval_n, sizes.get(s, len(data["ids"]))):
+            if (data["task"], data["n"], len(data["ids"])) != (task, config.eval_n, sizes.get(s, len(data["ids"]))):
                 diff[f"eval_{s}.json (task, eval_n, prompts)"] = (
-                    (data["task"], data["n"], len(data["ids"])), (config.task, config.eval_n, sizes.get(s)))
+                    (data["task"], data["n"], len(data["ids"])), (task, config.eval_n, sizes.get(s)))
     if diff:
         raise ValueError(f"{run_dir} holds results made with other settings (stored, requested): {diff}; "
                          "use another out_dir, or reuse=False to overwrite them")

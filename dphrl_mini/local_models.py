@@ -81,7 +81,7 @@ def training_corpus() -> list[str]:
     return lines
 
 
-def build_tokenizer(arch: str) -> PreTrainedTokenizerFast:
+def build_tokenizer(arch: str, max_length: int = MAX_POSITIONS["tiny"]) -> PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer with ``arch``'s special tokens, chat template, eos and pad."""
     specials = QWEN2_SPECIALS if arch == "qwen2" else LLAMA3_SPECIALS
     tok = Tokenizer(models.BPE())
@@ -95,14 +95,14 @@ def build_tokenizer(arch: str) -> PreTrainedTokenizerFast:
         return PreTrainedTokenizerFast(
             tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
             additional_special_tokens=["<|im_start|>", "<|im_end|>"], chat_template=QWEN2_CHAT_TEMPLATE,
-            model_max_length=MAX_POSITIONS["tiny"], clean_up_tokenization_spaces=False)
+            model_max_length=max_length, clean_up_tokenization_spaces=False)
     bos = "<|begin_of_text|>"
     tok.post_processor = processors.TemplateProcessing(
         single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tok.token_to_id(bos))])
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token=bos, eos_token="<|end_of_text|>",
         additional_special_tokens=list(LLAMA3_SPECIALS[2:]), chat_template=LLAMA3_CHAT_TEMPLATE,
-        model_max_length=MAX_POSITIONS["tiny"], clean_up_tokenization_spaces=False)
+        model_max_length=max_length, clean_up_tokenization_spaces=False)
 
 
 def build_config(arch: str, shape: str, vocab_size: int, special_ids: dict[str, int]):
@@ -132,7 +132,7 @@ def build_local_model(out_dir: str | Path, arch: str = "qwen2", shape: str = "ti
         raise ValueError(f"unknown shape {shape!r}; choose one of {list(SHAPES)}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tokenizer(arch)
+    tokenizer = build_tokenizer(arch, MAX_POSITIONS[shape])
     specials = QWEN2_SPECIALS if arch == "qwen2" else LLAMA3_SPECIALS
     special_ids = {s: tokenizer.convert_tokens_to_ids(s) for s in specials}
     config = build_config(arch, shape, len(tokenizer), special_ids)

@@ -1,8 +1,11 @@
 """Safe reward scoring: a reward function that raises or returns garbage costs one completion, not the run.
 
-The trainer and the pre-sampler call ``score_completions`` with TRL-style reward functions
-``fn(prompts, completions, **columns) -> list[float]`` and sum them (DESIGN.md §1, the
-verifiable reward R). Departures from TRL's ``GRPOTrainer``, which lets an exception end the run:
+The trainer, the pre-sampler and the evaluation score through one ``Verifier``: TRL-style reward
+functions ``fn(prompts, completions, **columns) -> list[float | None]``, summed with weights (DESIGN.md
+§1, the verifiable reward R), the threshold at which a total reward counts as correct, and the key
+that says which correct completions are the same solution. Chat-format prompts (lists of
+``{"role", "content"}`` messages) get chat-format completions, ``[{"role": "assistant", "content": text}]``,
+as in TRL. Departures from TRL's ``GRPOTrainer``, which lets an exception end the run:
 
 1. a function is first called on the whole batch; if it raises, it is called one completion at
    a time, and only the completions whose call raises score 0;
@@ -18,7 +21,9 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import traceback
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -60,12 +65,13 @@ def _call(fn: Callable, prompts: list[str], completions: list[str], columns: dic
     return values
 
 
-def score_completions(reward_fns: list[Callable], prompts: list[str], completions: list[str],
+def score_completions(reward_fns: list[Callable], prompts: list, completions: list,
                       columns: dict[str, list], fail_fast: bool = False,
+                      weights: list[float] | None = None,
                       failures: dict[str, list[str]] | None = None) -> tuple[np.ndarray, int]:
-    """Summed rewards (N,) and the number of (function, completion) pairs that failed and scored 0.
-    ``failures`` (if given) receives ``{function name: ["ErrorType: message", ...]}``, one entry per
-    failed completion.
+    """Rewards summed with ``weights`` (default 1 each), shape (N,), and the number of (function,
+    completion) pairs that failed and scored 0. ``failures`` (if given) receives ``{function name:
+    ["ErrorType: message", ...]}``, one entry per failed completion.
 
     >>> def ok(prompts, completions, **_): return [float(c == "4") for c in completions]
     >>> def bad(prompts, completions, **_): return [1 / int(c) for c in completions]
@@ -75,9 +81,9 @@ def score_completions(reward_fns: list[Callable], prompts: list[str], completion
     n = len(completions)
     total = np.zeros(n, dtype=np.float64)
     n_errors = 0
-    for fn in reward_fns:
+    for fn, weight in zip(reward_fns, weights or [1.0] * len(reward_fns), strict=True):
         try:
-            total += [_to_float(v) for v in _call(fn, prompts, completions, columns)]
+            total += weight * np.array([_to_float(v) for v in _call(fn, prompts, completions, columns)])
             continue
         except Exception as err:  # noqa: BLE001 - any failure falls back to per-completion calls
             if fail_fast:
@@ -86,7 +92,7 @@ def score_completions(reward_fns: list[Callable], prompts: list[str], completion
         for i in range(n):
             try:
                 row_columns = {k: v[i:i + 1] for k, v in columns.items()}
-                total[i] += _to_float(_call(fn, prompts[i:i + 1], completions[i:i + 1], row_columns)[0])
+                total[i] += weight * _to_float(_call(fn, prompts[i:i + 1], completions[i:i + 1], row_columns)[0])
             except Exception as err:  # noqa: BLE001
                 n_errors += 1
                 _log_once(fn, err)
@@ -96,3 +102,57 @@ def score_completions(reward_fns: list[Callable], prompts: list[str], completion
         if batch_error is not None:  # the batch call failed but every single call worked
             _log_once(fn, batch_error)
     return total, n_errors
+
+
+def normalized_text(completion: str) -> str:
+    """The default solution key: the completion with whitespace collapsed.
+
+    >>> normalized_text("  3*5 +\\n 7 ")
+    '3*5 + 7'
+    """
+    return re.sub(r"\s+", " ", completion).strip()
+
+
+@dataclass
+class Verifier:
+    """Everything that judges completions: rewards, what counts as correct, what counts as distinct."""
+
+    reward_fns: list[Callable]
+    """TRL-signature reward functions ``f(prompts, completions, **columns) -> list[float | None]``."""
+    reward_weights: list[float] | None = None
+    """One weight per function (default 1 each); the total reward is the weighted sum."""
+    correct_threshold: float = 1.0
+    """A completion is correct when its total reward is >= this: the presample split, the training
+    solve rate and Pass@k all use this one rule."""
+    solution_key: Callable[[str], str | None] = normalized_text
+    """Maps a correct completion to its solution, for counting distinct solutions."""
+    name: str = "custom"
+
+    def __post_init__(self) -> None:
+        if not self.reward_fns:
+            raise ValueError("no reward function: pass reward_fns=[...] or --reward MODULE:FUNCTION")
+        if self.reward_weights is not None and len(self.reward_weights) != len(self.reward_fns):
+            raise ValueError(f"{len(self.reward_weights)} reward weights for {len(self.reward_fns)} reward "
+                             "functions: give one weight per function")
+
+    @classmethod
+    def for_task(cls, task, correct_threshold: float = 1.0) -> "Verifier":
+        """A built-in task module's reward and solution key."""
+        return cls([task.reward], None, correct_threshold, task.solution_key, task.NAME)
+
+    def score(self, prompts: list, completions: list[str], columns: dict[str, list],
+              fail_fast: bool = False, failures: dict[str, list[str]] | None = None) -> tuple[np.ndarray, int]:
+        """Total rewards (N,) and the number of failed calls; chat prompts get chat completions.
+        ``failures`` collects each function's errors (``score_completions``)."""
+        if prompts and isinstance(prompts[0], list):  # conversational, as TRL passes it
+            completions = [[{"role": "assistant", "content": c}] for c in completions]
+        return score_completions(self.reward_fns, prompts, completions, columns, fail_fast, self.reward_weights,
+                                 failures)
+
+    def is_correct(self, rewards: np.ndarray) -> np.ndarray:
+        return np.asarray(rewards) >= self.correct_threshold
+
+
+def as_verifier(task_or_verifier) -> Verifier:
+    """A ``Verifier`` as is, or a built-in task module's (``Verifier.for_task``)."""
+    return task_or_verifier if isinstance(task_or_verifier, Verifier) else Verifier.for_task(task_or_verifier)

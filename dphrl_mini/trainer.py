@@ -2,7 +2,8 @@
 
 One step (``Trainer.step``):
 1. draw ``prompts_per_step`` training prompts (D_exp for DPH methods) and sample G completions each;
-2. score them with the verifiable reward (a raising reward scores 0 and is counted);
+2. score them with the run's verifier (``rewards.Verifier``: the task's reward or the user's, from
+   ``sources.task_data``, the one way data and rewards enter; a raising reward scores 0 and is counted);
 3. [MARA] augment each group's rewards with the anchor rule (``toy_bandits.mara_rewards``,
    sequence log-probs from the online reference = the same model with adapters disabled);
 4. group-normalized advantages; then ``updates_per_step`` optimizer updates, each on a mini-batch
@@ -23,6 +24,7 @@ evaluation, and ``accelerate launch`` for several processes (DDP).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -38,6 +40,7 @@ import torch
 import yaml
 from accelerate import Accelerator
 from accelerate.utils import gather_object
+from peft import PeftModel
 from tqdm.auto import tqdm
 
 from toy_bandits.mara import mara_rewards
@@ -48,11 +51,10 @@ from .data import PresampleResult, presample, reward_columns
 from .engine import RolloutEngine
 from .evaluate import EvalResult, evaluate
 from .losses import aggregate, clipped_surrogate, divergence_per_token, group_advantages, kl_penalty_per_token
-from .models import lean_lora, load_policy, model_fingerprint, reference_mode
+from .models import lean_lora, load_policy, model_fingerprint, reference_mode, save_adapter
 from .packing import packed_logps
-from .rewards import score_completions
 from .rollout import Rollout, sequence_logps
-from .tasks import get_task, validate_rows
+from .sources import task_data
 
 OOM_HINT = ("out of GPU memory: lower `micro_batch_size` or `generation_batch_size`, shorten "
             "`max_new_tokens`, set `gradient_checkpointing=True`, or load the model with "
@@ -109,9 +111,15 @@ class Trainer:
     """``Trainer(config).train()`` runs a whole experiment; notebooks may also call ``step()``."""
 
     def __init__(self, config: TrainConfig, *, model=None, tokenizer=None, reward_fns: list[Callable] | None = None,
-                 callbacks: list[Callable[[dict], None]] = (), accelerator: Accelerator | None = None):
+                 train_dataset=None, eval_dataset=None, callbacks: list[Callable[[dict], None]] = (),
+                 accelerator: Accelerator | None = None):
+        """``reward_fns``, ``train_dataset`` and ``eval_dataset`` (a ``datasets.Dataset``, a list of dicts
+        or a source string) replace the config's; see ``sources.task_data``."""
         self.config = cfg = config.validate()
-        self.accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available() or cfg.device == "cpu")
+        data = task_data(cfg, reward_fns, train_dataset, eval_dataset)  # bad data fails before the model loads
+        tracker = {} if cfg.report_to == "none" else {"log_with": cfg.report_to, "project_dir": cfg.output_dir}
+        self.accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available() or cfg.device == "cpu",
+                                                      **tracker)
         set_seed(cfg.seed + self.accelerator.process_index)
         processes = self.accelerator.num_processes
         if cfg.prompts_per_step % processes or cfg.prompts_per_step // processes < cfg.updates_per_step:
@@ -124,16 +132,20 @@ class Trainer:
                 cfg.model, quantization=cfg.quantization, lora_rank=cfg.lora_rank, lora_alpha=cfg.lora_alpha,
                 lora_dropout=cfg.lora_dropout, lora_target_modules=cfg.lora_target_modules,
                 gradient_checkpointing=cfg.gradient_checkpointing, dtype=cfg.dtype, device=cfg.device)
+        elif not isinstance(model, PeftModel) and cfg.needs_reference_model():
+            raise ValueError(f"method={cfg.method!r}{' with mara' if cfg.mara else ''} needs the online reference "
+                             "(the model with its adapters off): pass a PEFT model (peft.get_peft_model) or use "
+                             "a method without a KL penalty or MARA")
+        if tokenizer.pad_token is None:  # as TRL does
+            tokenizer.pad_token = tokenizer.eos_token
         self.tokenizer = tokenizer
-        self.task = get_task(cfg.task)
-        self.reward_fns = list(reward_fns or [self.task.reward])
+        self.verifier = data.verifier
+        self.train_rows, self._eval_rows = data.train, data.eval
+        self.templated = cfg.chat_template or isinstance(self.train_rows[0]["prompt"], list)
+        """Prompts go through the chat template, which writes its own special tokens (no second BOS)."""
         self.callbacks = list(callbacks)
         self.output_dir = Path(cfg.output_dir)
         self.fingerprint = model_fingerprint(model, tokenizer)
-        kwargs = {"source": cfg.task_source} if cfg.task == "math" else {}
-        self.train_rows = validate_rows(self.task.make_dataset("train", cfg.train_size, seed=cfg.data_seed, **kwargs),
-                                        self.dataset_name("train"), self.task.check_row)
-        self._eval_rows: dict[str, list[dict]] = {}
 
         params = [p for p in model.parameters() if p.requires_grad]
         if cfg.optimizer == "paged_adamw_8bit":
@@ -168,24 +180,26 @@ class Trainer:
         return 1.0
 
     def prompt_text(self, row: dict) -> str:
-        if not self.config.chat_template:
-            return row["prompt"]
-        return self.tokenizer.apply_chat_template([{"role": "user", "content": row["prompt"]}],
-                                                  tokenize=False, add_generation_prompt=True)
+        """The text the model sees: chat messages (or, with ``chat_template``, the prompt as one user
+        turn) rendered by the tokenizer's chat template; otherwise the prompt itself."""
+        prompt = row["prompt"]
+        if not self.templated:
+            return prompt
+        if self.tokenizer.chat_template is None:
+            raise ValueError("chat-format prompts (or chat_template=True) need a tokenizer with a chat template; "
+                             "this one has none: give plain-text prompts and chat_template=False")
+        messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
     def dataset_name(self, split: str) -> str:
         """How errors name a split's data: the task source (math) or the built-in task."""
         cfg = self.config
-        return f"{cfg.task_source} ({split})" if cfg.task_source else f"built-in {cfg.task} {split} split"
+        source = cfg.dataset or cfg.task_source
+        return f"{source} ({split})" if source else f"built-in {cfg.task} {split} split"
 
     def eval_rows(self, split: str) -> list[dict]:
-        if split not in self._eval_rows:
-            cfg = self.config
-            size = cfg.eval_size if split == "test" else cfg.ood_size
-            kwargs = {"source": cfg.task_source} if cfg.task == "math" else {}
-            rows = self.task.make_dataset(split, size, seed=cfg.data_seed, **kwargs) if size else []
-            self._eval_rows[split] = validate_rows(rows, self.dataset_name(split), self.task.check_row)
-        return self._eval_rows[split]
+        """The evaluation rows of ``split`` ("test"; "ood" for built-in tasks); [] for any other."""
+        return self._eval_rows.get(split, [])
 
     def _require_prompts(self) -> None:
         """An empty prompt pool would make ``next_rows`` wait forever: stop at once instead."""
@@ -203,13 +217,15 @@ class Trainer:
         folder, acc = self.output_dir, self.accelerator
         saved = (folder / "presample.json").exists()
         if not saved and acc.is_main_process:  # DDP: the main process samples, the others wait and load
-            with reference_mode(self.policy):
+            # the initial policy is pi_ref: presampling runs before any update (also when resuming)
+            with reference_mode(self.policy) if isinstance(self.policy, PeftModel) else contextlib.nullcontext():
                 self.presampled = presample(
-                    self.policy, self.tokenizer, self.train_rows, self.task, k=cfg.presample_k,
+                    self.policy, self.tokenizer, self.train_rows, self.verifier, k=cfg.presample_k,
                     threshold=cfg.presample_threshold, keep=cfg.keep_references, fingerprint=self.fingerprint,
                     max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
                     batch_size=cfg.generation_batch_size, seed=cfg.seed, packed=cfg.pack_sequences,
-                    prompts=[self.prompt_text(r) for r in self.train_rows], progress=cfg.progress)
+                    prompts=[self.prompt_text(r) for r in self.train_rows], progress=cfg.progress,
+                    add_special_tokens=not self.templated)
             folder.mkdir(parents=True, exist_ok=True)
             self.presampled.save(folder)
         if not saved:
@@ -282,13 +298,14 @@ class Trainer:
         prompts = [self.prompt_text(r) for r in rows]
         rollout = self.engine.generate(self.tokenizer, prompts, num_generations=G,
                                        max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                                       batch_size=cfg.generation_batch_size, generator=self.generator)
+                                       batch_size=cfg.generation_batch_size, generator=self.generator,
+                                       add_special_tokens=not self.templated)
         rollout = _to_device(rollout, self.device)
         t_rollout = time.perf_counter() - t0
         failures: dict[str, list[str]] = {}
-        raw_rewards, reward_errors = score_completions(
-            self.reward_fns, [p for p in prompts for _ in range(G)], rollout.completions,
-            reward_columns(rows, G), fail_fast=cfg.fail_fast, failures=failures)
+        raw_rewards, reward_errors = self.verifier.score(  # rewards see the dataset's prompts, as in TRL
+            [r["prompt"] for r in rows for _ in range(G)], rollout.completions, reward_columns(rows, G),
+            fail_fast=cfg.fail_fast, failures=failures)
         failed_everywhere = {name: errors[0] for name, errors in failures.items() if len(errors) == len(raw_rewards)}
         self.reward_failure_streak = {name: self.reward_failure_streak.get(name, 0) + 1 for name in failed_everywhere}
         rewards = torch.tensor(raw_rewards, dtype=torch.float32, device=self.device)  # (B,)
@@ -325,7 +342,7 @@ class Trainer:
         metrics = {
             "step": self.step_index,
             "reward_mean": float(group_rewards.mean()), "reward_std": float(group_rewards.std()),
-            "solve_rate": float((group_rewards.max(1).values >= 1).float().mean()),
+            "solve_rate": float(self.verifier.is_correct(group_rewards.numpy()).any(1).mean()),
             "augmented_reward_mean": float(rewards.mean()),
             **{k: float(np.mean(v)) if v else 0.0 for k, v in stats.items()},
             "completion_length": float(mask.sum(-1).mean()),
@@ -337,6 +354,8 @@ class Trainer:
             "time_step": time.perf_counter() - t0,
         }
         self.history.append(metrics)
+        if cfg.report_to != "none":
+            acc.log(metrics, step=self.step_index)
         if acc.is_main_process:
             with open(self.output_dir / "metrics.jsonl", "a") as handle:
                 handle.write(json.dumps(metrics) + "\n")
@@ -441,12 +460,13 @@ class Trainer:
     def evaluate(self, split: str = "test", base: bool = False, n: int | None = None) -> EvalResult:
         """Pass@k, greedy accuracy and distinct solutions on a held-out split (``base``: adapters off)."""
         cfg = self.config
-        rows = [dict(r, prompt=self.prompt_text(r)) for r in self.eval_rows(split)]
+        rows = self.eval_rows(split)
         kwargs = dict(n=n or cfg.eval_n, ks=cfg.eval_ks, max_new_tokens=cfg.max_new_tokens,
                       temperature=cfg.temperature, top_p=cfg.top_p, batch_size=cfg.generation_batch_size,
-                      seed=cfg.seed + 17, progress=cfg.progress and self.accelerator.is_main_process)
+                      seed=cfg.seed + 17, progress=cfg.progress and self.accelerator.is_main_process,
+                      split=split, prompts=[self.prompt_text(r) for r in rows], add_special_tokens=not self.templated)
         with self.engine.sampling_model(adapters=not base) as model:  # base: adapters off
-            return evaluate(model, self.tokenizer, rows, self.task, **kwargs)
+            return evaluate(model, self.tokenizer, rows, self.verifier, **kwargs)
 
     # --- checkpoints -----------------------------------------------------------------------------
     def save_checkpoint(self) -> Path | None:
@@ -470,7 +490,7 @@ class Trainer:
                  "rng_per_process": rng_per_process}
 
         def fill(folder: Path) -> None:
-            self.policy.save_pretrained(folder / "adapter")
+            self.save_adapter(folder / "adapter")
             torch.save(state, folder / "state.pt")
             dataclasses.replace(self.config, overwrite=False).to_yaml(folder / "config.yaml")
 
@@ -540,6 +560,9 @@ class Trainer:
         cfg, folder = self.config, self.output_dir
         if self.accelerator.is_main_process:
             dataclasses.replace(cfg, overwrite=False).to_yaml(folder / "config.yaml")
+        if cfg.report_to != "none":
+            self.accelerator.init_trackers("dphrl-mini", config={k: v for k, v in cfg.to_dict().items()
+                                                                   if isinstance(v, (int, float, str, bool))})
         last = self._resume_point() if resume else None
         if last is None and self.accelerator.is_main_process:
             for log in ("metrics.jsonl", "evals.jsonl"):
@@ -566,7 +589,9 @@ class Trainer:
         bar.close()
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
-            self.policy.save_pretrained(folder / "adapter")
+            self.save_adapter(folder / "adapter")
+        if cfg.report_to != "none":
+            self.accelerator.end_training()
         return self.history
 
     def _claim_folder(self) -> None:
@@ -611,6 +636,10 @@ class Trainer:
             warnings.warn(f"no usable checkpoint in {self.output_dir}: starting again from step 0; "
                           f"skipped {'; '.join(skipped)}")
         return None
+
+    def save_adapter(self, folder: str | Path) -> None:
+        """The LoRA adapter with its tokenizer and a model card (models.save_adapter)."""
+        save_adapter(self.policy, self.tokenizer, folder, self.config.to_dict())
 
     def _log_eval(self, result: EvalResult, split: str, periodic: bool = False) -> dict:
         summary = {"step": self.step_index, "split": split, **result.summary(self.config.eval_ks if not periodic else None)}

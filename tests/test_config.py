@@ -138,3 +138,17 @@ def test_resume_changes_split_safe_from_refused():
     assert refused == ["lora_rank: 16 -> 8"] and allowed == ["steps: 4 -> 8", "eval_every: 0 -> 2"]
     refused, _ = resume_changes(saved, TrainConfig(steps=2, method="dapo"))
     assert refused == ["method: 'grpo' -> 'dapo'", "steps: 4 -> 2 (fewer steps)"]
+
+
+def test_report_to_tensorboard_needs_tensorboard():
+    import importlib.util
+
+    from dphrl_mini.config import TrainConfig
+
+    with pytest.raises(ValueError, match="report_to"):
+        TrainConfig(report_to="wandb").validate()
+    if importlib.util.find_spec("tensorboard") is None:
+        with pytest.raises(ValueError, match="pip install tensorboard"):
+            TrainConfig(report_to="tensorboard").validate()
+    else:
+        TrainConfig(report_to="tensorboard").validate()

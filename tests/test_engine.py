@@ -28,6 +28,8 @@ def _sample(fn, seed=3, **kw):
 
 def test_resolve_engine():
     assert resolve_engine("auto", "cpu") == "merged"
+    assert resolve_engine("auto", "cuda") == "merged"  # static is opt-in until checked on a GPU
+    assert resolve_engine("static", "cuda") == "static"
     assert resolve_engine("static", "cpu") == "merged"
     assert resolve_engine("plain", "cpu") == "plain"
     with pytest.raises(ValueError):
