@@ -126,7 +126,8 @@ def test_store_keeps_every_distinct_correct_answer(tokenizer, dataset, store):
 
 def test_store_from_chat_messages_passes_messages_to_rewards(tokenizer, dataset, store):
     chat = AutoTokenizer.from_pretrained(TINY)
-    chat.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"  # templated text = the content
+    # the template writes its own BOS, as real chat templates do (so no second one is added)
+    chat.chat_template = "{{ bos_token }}{% for m in messages %}{{ m['content'] }}{% endfor %}"
     messages = dataset.map(lambda row: {"prompt": [{"role": "user", "content": row["prompt"]}]})
     seen = []
 

@@ -39,7 +39,7 @@ import math
 import random
 import warnings
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -55,7 +55,7 @@ from packaging.version import Version
 from ..data import ReferenceStore, presample
 from ..losses import DPH_DIVERGENCES, aggregate, divergence_per_token
 from ..models import model_fingerprint
-from ..rewards import RewardError
+from ..rewards import Verifier
 from ..rollout import sequence_logps
 
 SUPPORTED_TRL = ">=1.0,<2"
@@ -69,30 +69,6 @@ __all__ = ["DPHGRPOTrainer", "build_reference_store", "SUPPORTED_TRL"]
 
 
 # --- the reference store from a TRL dataset and TRL reward functions ------------------------------
-@dataclass(frozen=True)
-class _TRLRewards:
-    """TRL reward functions in the shape of a project task (``reward``, ``solution_key``), so that
-    ``data.presample`` scores them: called with keywords as TRL calls them, summed (TRL's unweighted
-    sum; a ``None`` reward counts 0, as in TRL's ``nansum``)."""
-
-    reward_funcs: list[Callable]
-    solution_key: Callable[[str], Hashable]
-    prompt_messages: dict[str, list] = field(default_factory=dict)
-    """Conversational datasets: templated prompt text -> the dataset's messages (what TRL passes)."""
-
-    def reward(self, prompts: list[str], completions: list[str], **columns) -> list[float]:
-        if self.prompt_messages:
-            prompts = [self.prompt_messages[p] for p in prompts]
-            completions = [[{"role": "assistant", "content": c}] for c in completions]
-        total = [0.0] * len(completions)
-        for fn in self.reward_funcs:
-            values = list(fn(prompts=prompts, completions=completions, **columns))
-            if len(values) != len(total):
-                raise RewardError(f"{len(values)} rewards for {len(total)} completions")
-            total = [t + (0.0 if v is None else float(v)) for t, v in zip(total, values)]
-        return total
-
-
 def build_reference_store(model, tokenizer, dataset, reward_funcs: Callable | list[Callable], k: int = 8,
                           threshold: float = 1.0, keep: str = "one", *, max_new_tokens: int = 512,
                           temperature: float = 1.0, top_p: float = 1.0, batch_size: int = 64,
@@ -122,16 +98,15 @@ def build_reference_store(model, tokenizer, dataset, reward_funcs: Callable | li
     if not funcs or not all(callable(fn) for fn in funcs):
         raise TypeError("reward_funcs must be a reward function or a list of them (reward models by name "
                         "are not supported here)")
-    rows, messages = [], {}
+    rows, model_prompts = [], []
     for i, example in enumerate(dataset):
-        prompt = example["prompt"]
-        if not isinstance(prompt, str):  # conversational: a list of {"role", "content"} messages
-            prompt_text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
-            messages[prompt_text] = prompt
-            prompt = prompt_text
-        rows.append({**example, "id": str(i), "prompt": prompt})
-    rewards = _TRLRewards(funcs, solution_key or str.strip, messages)
-    result = presample(model, tokenizer, rows, rewards, k=k, threshold=threshold, keep=keep,
+        prompt = example["prompt"]  # text, or chat messages (rewards see them as TRL passes them)
+        model_prompts.append(prompt if isinstance(prompt, str) else
+                             tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True))
+        rows.append({**example, "id": str(i)})
+    verifier = Verifier(funcs, solution_key=solution_key or str.strip, name="trl")
+    templated = any(not isinstance(row["prompt"], str) for row in rows)
+    result = presample(model, tokenizer, rows, verifier, prompts=model_prompts, add_special_tokens=not templated, k=k, threshold=threshold, keep=keep,
                        fingerprint=model_fingerprint(model, tokenizer), max_new_tokens=max_new_tokens,
                        temperature=temperature, top_p=top_p, batch_size=batch_size, seed=seed,
                        progress=progress, packed=False)  # packed=False: the forward DPHGRPOTrainer uses
