@@ -619,7 +619,8 @@ class Trainer:
                 warnings.warn(f"resuming {folder} with changed settings: {'; '.join(allowed)}")
         leftovers = ckpt.remove_leftovers(folder)
         if leftovers:
-            warnings.warn(f"removed what an interrupted save or prune left in {folder}: {', '.join(leftovers)}")
+            warnings.warn(f"removed debris of interrupted saves or prunes, and incomplete checkpoints older than "
+                          f"the newest complete one, in {folder}: {', '.join(leftovers)}")
 
     def _resume_point(self) -> Path | None:
         """The newest usable checkpoint; every newer one skipped is named with the reason."""
