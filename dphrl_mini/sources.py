@@ -209,6 +209,10 @@ def task_data(cfg: TrainConfig, reward_fns: list[Callable] | None = None, train_
         rng = random.Random(cfg.data_seed)
         train = rng.sample(train, min(cfg.train_size, len(train)))
         evals = {"test": rng.sample(test, min(cfg.eval_size, len(test)))}
+    if not train:  # an empty pool would make the trainer wait forever for prompts
+        where = name("train") if source is None else f"{source if isinstance(source, (str, Path)) else 'train_dataset'} (train)"
+        raise ValueError(f"the training dataset {where} has 0 usable prompts (train_size={cfg.train_size}); "
+                         "nothing to train on")
     for split, rows in evals.items():
         check_no_overlap(train, rows)
         check_columns(rows, verifier, f"{split} split")

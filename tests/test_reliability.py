@@ -331,9 +331,8 @@ def no_hang():
 def test_empty_dataset_stops_at_once(tmp_path, no_hang):
     data = tmp_path / "empty.jsonl"
     data.write_text("\n")
-    trainer = Trainer(tiny_config(tmp_path / "run", task="math", task_source=str(data), method="grpo"))
     with pytest.raises(ValueError, match="training dataset .*empty.jsonl \\(train\\) has 0 usable prompts"):
-        trainer.train()
+        Trainer(tiny_config(tmp_path / "run", task="math", task_source=str(data), method="grpo")).train()
 
 
 def always_raises(prompts, completions, **_):
