@@ -9,7 +9,7 @@ NB_TIMEOUT ?= 900
 # tests that start several processes (DDP, kill-and-resume) would oversubscribe a small CPU.
 TEST_ENV := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 
-.PHONY: setup demo test unit notebooks render lab bench clean
+.PHONY: setup demo test unit notebooks render lab bench gpu-check clean
 
 setup: $(VENV)/.installed
 
@@ -44,6 +44,13 @@ lab: setup
 bench: setup
 	$(PY) benchmarks/bench_optimal_policy.py
 	$(PY) benchmarks/bench_trl.py --device cpu
+
+# GPU acceptance (benchmarks/README.md): no setup step, since the GPU machine has no network; its own python
+# (with the wheels carried in .whl/) unless this checkout has a virtual environment. Its CPU dry run is a unit test.
+GPU_PY := $(if $(wildcard $(PY)),$(PY),$(PYTHON))
+GPU_OUT ?= runs/gpu_acceptance
+gpu-check:
+	$(GPU_PY) benchmarks/gpu_acceptance.py --out $(GPU_OUT)
 
 clean:
 	rm -rf $(VENV) runs outputs .pytest_cache

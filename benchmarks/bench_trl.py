@@ -25,6 +25,7 @@ online reference) with the same settings.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import resource
@@ -82,30 +83,14 @@ def _sync(device: str) -> None:
 
 
 # --- models --------------------------------------------------------------------------------------
-def build_base(args):
-    """(model path or None, base model factory, tokenizer)."""
-    from transformers import AutoTokenizer
-
+def model_path(args) -> str:
+    """The built-in tiny model, or a Qwen2.5-0.5B-shaped one with random weights built locally."""
+    from dphrl_mini.local_models import build_local_model
     from dphrl_mini.models import resolve_model_path
 
-    dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
-    tiny = resolve_model_path("tiny")
-    tokenizer = AutoTokenizer.from_pretrained(tiny)
     if args.model == "tiny":
-        return tiny, tokenizer, dtype
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    # Qwen2-0.5B shape with random weights and a 32k vocab: the char-level tokenizer plus filler tokens
-    tokenizer.add_tokens([f"<x{i}>" for i in range(len(tokenizer), 32000)])
-    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
-                         num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=4096,
-                         tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-    torch.manual_seed(0)
-    folder = Path(tempfile.mkdtemp(prefix="qwen2-shape-"))
-    Qwen2ForCausalLM(config).to(dtype).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return str(folder), tokenizer, dtype
+        return resolve_model_path("tiny")
+    return str(build_local_model(tempfile.mkdtemp(prefix="qwen2.5-0.5b-shape-"), "qwen2", "qwen2.5-0.5b"))
 
 
 def countdown_rows(n: int):
@@ -231,6 +216,7 @@ def isolated(args, fn, *fn_args) -> dict:
     (same imports, nothing left over from the previous trainer); CUDA: in this process."""
     if args.device == "cuda":
         result = fn(args, *fn_args)
+        gc.collect()  # the finished trainer's tensors must not count in the next run's peak
         torch.cuda.empty_cache()
         return result
     import multiprocessing
@@ -253,7 +239,7 @@ def isolated(args, fn, *fn_args) -> dict:
     return result
 
 
-def _summarize(out: dict) -> dict:
+def summarize(out: dict) -> dict:
     """Medians over the timed steps of every round (robust to other jobs on a shared machine)."""
     import statistics
 
@@ -274,7 +260,8 @@ def _row(r: dict) -> str:
             f"{r['rollout_tok_s']:11.1f} {r['train_tok_s']:11.1f} {mem}")
 
 
-def main(argv=None) -> dict:
+def parse_args(argv=None) -> argparse.Namespace:
+    """The benchmark's settings (also the ``args`` that ``run_dphrl`` / ``run_trl`` take)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--model", choices=("tiny", "qwen2-0.5b-shape"), default="tiny")
@@ -296,9 +283,14 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda but CUDA is not available")
+    return args
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
     if args.device == "cpu":
         torch.set_num_threads(args.threads)
-    path, _, _ = build_base(args)
+    path = model_path(args)
     import trl  # noqa: F401  imports before the memory windows: module loading is not the trainers' memory
 
     import dphrl_mini.trainer  # noqa: F401
@@ -323,7 +315,7 @@ def main(argv=None) -> dict:
             else:
                 results[i]["raw_steps"] += result["raw_steps"]
                 results[i]["peak_mb"] = max(results[i]["peak_mb"], result["peak_mb"])
-    results = [_summarize(r) for r in results]
+    results = [summarize(r) for r in results]
     mem = "GPU max_allocated MB" if args.device == "cuda" else "RSS rise MB"
     print(f"medians over {args.rounds} round(s) x {args.steps} timed steps")
     print(f"{'framework':<11} {'method':<22} {'s/step':>8} {'rollout_s':>9} {'rollout tok/s':>11} "

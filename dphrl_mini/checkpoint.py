@@ -3,9 +3,14 @@
 A checkpoint is a folder ``checkpoint-{step:06d}`` holding the LoRA adapter, optimizer and
 scheduler states, every RNG state, the data position and the metrics so far, plus a
 ``manifest.json`` with the SHA-256 of each file. It is written under a temporary name and renamed
-into place only when complete, and a folder whose manifest is missing or whose checksums do not
-match is never loaded. A run killed at any moment (during a step or during a save) therefore
-resumes from the last complete checkpoint.
+into place only when complete, and a folder whose manifest is missing, does not list exactly the
+folder's files, or whose checksums do not match is never loaded (``checkpoint_problem`` says why).
+Old checkpoints are pruned by renaming them to a hidden name first, so a kill during a prune leaves
+only hidden debris, which ``remove_leftovers`` deletes at the next start. A run killed at any moment
+(during a step, a save or a prune) therefore resumes from the last complete checkpoint.
+
+A run owns its folder through ``run.lock`` (pid and host): ``lock_folder`` refuses a folder that a
+live run holds and takes over, with a warning, a lock whose process is gone.
 """
 
 from __future__ import annotations
@@ -14,12 +19,15 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
 MANIFEST = "manifest.json"
+LOCK = "run.lock"
 
 
 def sha256_file(path: str | Path) -> str:
@@ -41,6 +49,17 @@ def _fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def make_folder(path: str | Path, field: str = "output_dir") -> Path:
+    """``mkdir -p`` with a one-line error when ``path`` or a folder above it is a file."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise ValueError(f"config field `{field}`={str(path)!r} is a file (or lies under one), not a folder; "
+                         f"choose another {field}") from None
+    return path
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> Path:
@@ -71,15 +90,33 @@ def write_manifest(folder: Path, meta: dict[str, Any] | None = None) -> None:
     atomic_write_text(folder / MANIFEST, json.dumps({"files": files, **(meta or {})}, indent=1))
 
 
-def verify(folder: str | Path) -> bool:
-    """True when ``folder`` has a manifest and every listed file exists with its checksum."""
+def checkpoint_problem(folder: str | Path) -> str | None:
+    """Why ``folder`` is not a complete checkpoint, or None when it is: its manifest must list every
+    file of the folder (and nothing else), each with its checksum."""
     folder = Path(folder)
     try:
-        manifest = json.loads((folder / MANIFEST).read_text())
-        return all(sha256_file(folder / name) == digest
-                   for name, digest in manifest["files"].items())
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
+        listed = json.loads((folder / MANIFEST).read_text())["files"]
+    except FileNotFoundError:
+        return f"it has no {MANIFEST} (its save never finished)"
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        return f"its {MANIFEST} is unreadable ({error})"
+    if not isinstance(listed, dict) or not listed:
+        return f"its {MANIFEST} lists no files"
+    present = {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST}
+    missing, unlisted = sorted(set(listed) - present), sorted(present - set(listed))
+    if missing:
+        return f"{missing[0]} is missing"
+    if unlisted:
+        return f"{unlisted[0]} is not listed in {MANIFEST}"
+    for name, digest in listed.items():
+        if sha256_file(folder / name) != digest:
+            return f"{name} does not match its checksum (corrupt or half-written)"
+    return None
+
+
+def verify(folder: str | Path) -> bool:
+    """True when ``folder`` is a complete checkpoint (``checkpoint_problem`` finds nothing)."""
+    return checkpoint_problem(folder) is None
 
 
 def _test_pause() -> None:
@@ -117,13 +154,17 @@ def save_folder(final: str | Path, fill: Callable[[Path], Any], meta: dict[str, 
     return final
 
 
-def checkpoints(output_dir: str | Path) -> list[Path]:
-    """Complete, verified checkpoint folders in ``output_dir``, oldest first."""
+def checkpoint_folders(output_dir: str | Path) -> list[Path]:
+    """Every ``checkpoint-*`` folder in ``output_dir``, complete or not, oldest first."""
     output_dir = Path(output_dir)
     if not output_dir.is_dir():
         return []
-    found = sorted(p for p in output_dir.glob("checkpoint-*") if p.is_dir() and not p.name.startswith("."))
-    return [p for p in found if verify(p)]
+    return sorted(p for p in output_dir.glob("checkpoint-*") if p.is_dir())
+
+
+def checkpoints(output_dir: str | Path) -> list[Path]:
+    """Complete, verified checkpoint folders in ``output_dir``, oldest first."""
+    return [p for p in checkpoint_folders(output_dir) if verify(p)]
 
 
 def latest_checkpoint(output_dir: str | Path) -> Path | None:
@@ -131,10 +172,110 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
     return complete[-1] if complete else None
 
 
+def _delete(folder: Path) -> None:
+    """Rename ``folder`` to a hidden name, then delete it: a kill midway leaves no ``checkpoint-*``."""
+    hidden = folder.with_name(f".{folder.name}.deleting")
+    shutil.rmtree(hidden, ignore_errors=True)
+    os.replace(folder, hidden)
+    shutil.rmtree(hidden, ignore_errors=True)
+
+
 def prune(output_dir: str | Path, keep: int = 2) -> None:
     """Delete all but the newest ``keep`` complete checkpoints and any abandoned temporary folders."""
     output_dir = Path(output_dir)
     for p in checkpoints(output_dir)[:-keep] if keep > 0 else []:
-        shutil.rmtree(p, ignore_errors=True)
+        _delete(p)
     for p in output_dir.glob(".checkpoint-*"):
         shutil.rmtree(p, ignore_errors=True)
+
+
+def remove_leftovers(output_dir: str | Path) -> list[str]:
+    """Delete what a killed save or prune left behind, and return the names: hidden ``.checkpoint-*``
+    folders, and incomplete ``checkpoint-*`` folders older than the newest complete one (a prune
+    that an earlier version did not finish). Call it only while holding the folder's lock."""
+    output_dir = Path(output_dir)
+    removed = [p for p in output_dir.glob(".checkpoint-*") if p.is_dir()]
+    complete = checkpoints(output_dir)
+    if complete:
+        removed += [p for p in checkpoint_folders(output_dir) if p < complete[-1] and p not in complete]
+    for p in removed:
+        shutil.rmtree(p, ignore_errors=True)
+    return sorted(p.name for p in removed)
+
+
+# --- one run per folder ----------------------------------------------------------------------------
+class FolderInUseError(ValueError):
+    """Another live run holds the output folder's lock."""
+
+
+_held: set[Path] = set()  # lock files this process holds (a second run in one process is refused too)
+
+
+def _lock_owner(path: Path) -> dict[str, Any] | None:
+    """The lock's ``{"pid", "host"}``; ``{}`` when unreadable (being written); None when gone."""
+    try:
+        owner = json.loads(path.read_text() or "{}")
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return {}
+    return owner if isinstance(owner, dict) else {}
+
+
+def _owner_gone(owner: dict[str, Any], path: Path) -> bool:
+    """True only when the owner ran on this host and its process no longer exists."""
+    pid = owner.get("pid")
+    if owner.get("host") != socket.gethostname() or not isinstance(pid, int):
+        return False
+    if pid == os.getpid():  # our pid in a lock we do not hold: a dead run whose pid was reused
+        return path.resolve() not in _held
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # PermissionError: alive, another user's
+        return False
+    return False
+
+
+def lock_folder(folder: str | Path) -> Path:
+    """Make this process the only run in ``folder``: create ``run.lock`` with our pid and host.
+
+    Raises ``FolderInUseError`` when another live run (or one on another host) holds it; a lock left
+    by a process that is gone is taken over with a warning."""
+    path = Path(folder) / LOCK
+    for _ in range(3):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            owner = _lock_owner(path)
+            if owner is None:  # released meanwhile
+                continue
+            who = f"pid {owner.get('pid', '?')} on host {owner.get('host', '?')}"
+            if not _owner_gone(owner, path):
+                raise FolderInUseError(
+                    f"output_dir {path.parent} is in use by another run ({who}, lock {path}); wait for it "
+                    "to finish or choose another output_dir. If no run uses it any more, delete the lock file"
+                ) from None
+            warnings.warn(f"taking over the lock of output_dir {path.parent}: the run that held it ({who}) is gone")
+            stale = path.with_name(f".{LOCK}.{os.getpid()}.stale")
+            try:
+                os.replace(path, stale)
+                os.unlink(stale)
+            except FileNotFoundError:
+                pass
+            continue
+        with os.fdopen(fd, "w") as handle:
+            handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}))
+        _held.add(path.resolve())
+        return path
+    raise FolderInUseError(f"could not lock output_dir {path.parent}: other runs keep taking it")
+
+
+def unlock_folder(path: str | Path) -> None:
+    """Release a lock taken by ``lock_folder``."""
+    path = Path(path)
+    _held.discard(path.resolve())
+    owner = _lock_owner(path)
+    if owner is not None and owner.get("pid") == os.getpid() and owner.get("host") == socket.gethostname():
+        path.unlink(missing_ok=True)

@@ -14,29 +14,35 @@ import time
 import typing
 from pathlib import Path
 
+from .checkpoint import make_folder
 from .config import METHODS, PRESETS, TrainConfig, preset_config
+
+
+REPEATABLE = ("reward", "reward_weights")
 
 
 def _add_config_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML file with TrainConfig fields (and optionally `preset`)")
     parser.add_argument("--preset", choices=sorted(PRESETS), help="named starting point")
     hints = typing.get_type_hints(TrainConfig)
-    for f in dataclasses.fields(TrainConfig):
+    for f in dataclasses.fields(TrainConfig):  # SUPPRESS: only options given appear in the namespace
         flag, hint = "--" + f.name.replace("_", "-"), str(hints[f.name])
         if hints[f.name] is bool:
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None)
-        elif "list" in hint:
-            parser.add_argument(flag, dest=f.name, nargs="+", default=None,
-                                type=int if "int" in hint.split("list")[1] else str)
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS)
+        elif "list" in hint:  # --reward and --reward-weights repeat: --reward a:f --reward b:g == --reward a:f b:g
+            item = hint.split("list[")[1]
+            action = "extend" if f.name in REPEATABLE else "store"
+            parser.add_argument(flag, dest=f.name, nargs="+", action=action, default=argparse.SUPPRESS,
+                                type=int if item.startswith("int") else float if item.startswith("float") else str)
         else:
             base = int if "int" in hint and "float" not in hint else float if "float" in hint else str
-            parser.add_argument(flag, dest=f.name, default=None,
+            parser.add_argument(flag, dest=f.name, default=argparse.SUPPRESS,
                                 type=(lambda text, base=base: None if text.lower() == "none" else base(text)))
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
-                 if getattr(args, f.name, None) is not None}
+    """The preset or ``--config`` file, overridden by every option given (``none`` included)."""
+    overrides = {f.name: vars(args)[f.name] for f in dataclasses.fields(TrainConfig) if f.name in vars(args)}
     if args.config:
         base = TrainConfig.from_yaml(args.config)
         return dataclasses.replace(base, **overrides).validate()
@@ -48,7 +54,7 @@ def cmd_presample(args) -> None:
 
     cfg = config_from_args(args)
     trainer = Trainer(cfg)
-    Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
+    make_folder(cfg.output_dir)
     trainer.prepare_data()
     if trainer.presampled is None:
         cfg = dataclasses.replace(cfg, train_on="exploration")
@@ -77,16 +83,25 @@ def cmd_eval(args) -> None:
         from peft import set_peft_model_state_dict
         from safetensors.torch import load_file
 
-        trainer = Trainer(cfg)
-        adapter = Path(args.adapter or Path(cfg.output_dir) / "adapter") / "adapter_model.safetensors"
+        folder = Path(args.adapter or Path(cfg.output_dir) / "adapter")
+        adapter = folder / "adapter_model.safetensors"
         if not adapter.exists():
             sys.exit(f"no adapter at {adapter}: train first, or pass --adapter DIR or --base")
+        trainer = Trainer(adapter_shape(cfg, folder))
         set_peft_model_state_dict(trainer.policy, load_file(adapter))
         results = {s: trainer.evaluate(s) for s in args.splits if trainer.eval_rows(s)}
         for s, r in results.items():
             save_eval(r, Path(cfg.output_dir) / f"eval_{s}.json")
     for split, res in results.items():
         print(split, json.dumps(res.summary(cfg.eval_ks), indent=1))
+
+
+def adapter_shape(cfg: TrainConfig, folder: Path) -> TrainConfig:
+    """``cfg`` with the LoRA rank, alpha and target modules of the saved adapter (adapter_config.json)."""
+    saved = json.loads((folder / "adapter_config.json").read_text())
+    targets = saved["target_modules"]  # PEFT records "all-linear" as the full names of the layers
+    targets = targets if isinstance(targets, str) else sorted({t.rsplit(".", 1)[-1] for t in targets})
+    return dataclasses.replace(cfg, lora_rank=saved["r"], lora_alpha=saved["lora_alpha"], lora_target_modules=targets)
 
 
 def cmd_compare(args) -> None:
@@ -117,6 +132,11 @@ def _save_compare_report(rows: list[dict], out: Path, splits: list[str], k: int)
         report.append(f"## {split}\n\n{table}\n")
         fig = plot_pass_at_k_curves(out, split=split)
         fig.savefig(out / f"pass_at_k_{split}.png", dpi=120, bbox_inches="tight")
+        for group in ("near-perfect", "exploration"):  # by the base model's own samples (experiments.difficulty_rows)
+            if any(r["split"] == f"{split}:{group}" for r in rows):
+                table = format_table(rows, f"{split}:{group}")
+                print(f"\n{split}, {group} prompts:\n{table}")
+                report.append(f"### {split}, {group} prompts\n\n{table}\n")
         if swept:
             fig = plot_pareto(rows, x="pass@1", y=f"pass@{k}", split=split)
             fig.savefig(out / f"pareto_{split}.png", dpi=120, bbox_inches="tight")

@@ -2,16 +2,34 @@
 
 ``TrainConfig`` is flat (CleanRL's ``Args``): every knob is one field with a docstring comment, so
 ``dphrl-mini train --method dph_js --eta 0.5`` and a YAML file ``method: dph_js`` say the same
-thing. ``validate()`` raises a ``ValueError`` that names the field and the fix.
+thing. ``validate()`` raises a ``ValueError`` that names the field and the fix: every numeric field
+must be a finite number in the range ``NUMERIC_RANGES`` declares for it (strings that parse as numbers,
+such as YAML's ``lr: 1e-3``, are converted first; an integer field refuses ``2.5``).
 
 Presets: ``tiny-cpu`` (the built-in tiny model, minutes on a laptop CPU) and ``one-gpu-qlora``
 (a 0.5B-1.5B instruct model in 4-bit NF4 with LoRA on one Colab-class GPU).
+
+**DPH strength: our ``eta`` vs the released ``sft_loss_coeff``** (papers/dph-rl.md, "Strength of
+the DPH term"). We write the loss as ``token_mean(RL) + eta * token_mean(DPH)``. The released verl
+code averages per-micro-batch token means over gradient accumulation, with 256 reference rows next
+to 2,048 on-policy rows per step, so its ``sft_loss_coeff`` c acts as ``eta ~= 0.125 * c``
+(0.10-0.14 depending on the mini-batch): ``eta_from_sft_loss_coeff``. The released scripts use
+c = 0.01 (README ranges 0.01-0.05 forward/alpha, 0.05-0.2 JS), i.e. eta ~= 0.001-0.03; our default
+``eta`` is the scripts' 0.01 converted, 0.00125. The released split rule is 4 samples, all 4 correct
+(``presample_k=4``, ``presample_threshold=1.0``), our defaults.
+
+**MARA's beta is the KL coefficient** (papers/mara.md): MARA's augmented reward gives a uniform
+target only inside ``E[R_bar] - beta * KL(pi || pi_ref)`` with the same beta, so ``mara=True`` uses
+``kl_coef`` for both and needs ``kl_coef > 0`` (method ``rkl``); "GRPO + MARA rewards" is refused.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.util
+import math
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +51,20 @@ _METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
 METHODS: tuple[str, ...] = tuple(_METHOD_DEFAULTS)
 """Every training method, by the name used in configs, logs and plots."""
 
+RELEASED_SFT_LOSS_COEFF = 0.01
+"""``actor.sft_loss_coeff`` in the released DPH-RL scripts (forward_kl.sh, js_kl.sh, alpha.sh)."""
+ETA_PER_SFT_LOSS_COEFF = 0.125
+"""Our eta per unit of released ``sft_loss_coeff``: 256 reference rows / 2,048 on-policy rows."""
+
+
+def eta_from_sft_loss_coeff(sft_loss_coeff: float) -> float:
+    """The released ``sft_loss_coeff`` as our ``eta`` (module docstring).
+
+    >>> eta_from_sft_loss_coeff(0.01)
+    0.00125
+    """
+    return ETA_PER_SFT_LOSS_COEFF * sft_loss_coeff
+
 
 def method_defaults(method: str) -> dict[str, Any]:
     """Defaults of one method: ``eps_high``, ``divergence`` (None or the DPH generator) and
@@ -44,6 +76,79 @@ def method_defaults(method: str) -> dict[str, Any]:
     if method not in _METHOD_DEFAULTS:
         raise ValueError(f"method={method!r} is unknown; choose one of {METHODS}")
     return dict(_METHOD_DEFAULTS[method])
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric config field accepts: a finite number between ``low`` and ``high``
+    (None = unbounded), each end included unless ``*_open``; ``hint`` explains the range."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    hint: str = ""
+
+    def __str__(self) -> str:
+        if self.high is None:
+            return "any finite number" if self.low is None else f"{'>' if self.low_open else '>='} {self.low:g}"
+        return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+
+    def problem(self, value: Any, integer: bool) -> str | None:
+        """Why ``value`` is refused, or None when it is accepted (None itself is left to the field)."""
+        kind = "an integer" if integer else "a finite number"
+        hint = f" ({self.hint})" if self.hint else ""
+        if value is None:
+            return None
+        if (isinstance(value, bool) or not isinstance(value, int if integer else (int, float)) or not math.isfinite(value)
+                or self.low is not None and (value <= self.low if self.low_open else value < self.low)
+                or self.high is not None and (value >= self.high if self.high_open else value > self.high)):
+            return f"must be {kind} {self}{hint}"
+        return None
+
+
+NUMERIC_RANGES: dict[str, Range] = {
+    # Every numeric TrainConfig field, with the range it must lie in (checked by TrainConfig.validate).
+    "lora_rank": Range(1), "lora_alpha": Range(0, low_open=True), "lora_dropout": Range(0, 1, high_open=True),
+    "train_size": Range(1), "eval_size": Range(0), "ood_size": Range(0), "data_seed": Range(0),
+    "eps_low": Range(0, 1, high_open=True, hint="the lower clip range, 0.2 as released"),
+    "eps_high": Range(0, hint="the upper clip range; None = the method's default"),
+    "clip_ratio_c": Range(1, low_open=True, hint="the dual-clip constant, 3.0 as released"),
+    "kl_coef": Range(0), "eta": Range(0),
+    "alpha": Range(0, 1, True, True, hint="the alpha divergence needs alpha strictly inside (0, 1)"),
+    "reference_batch_size": Range(1), "mara_tau": Range(),
+    "presample_k": Range(1), "presample_threshold": Range(0, 1, hint="a pass rate"),
+    "num_generations": Range(2, hint="group-normalized advantages need at least 2 completions per prompt"),
+    "prompts_per_step": Range(1), "max_new_tokens": Range(1), "temperature": Range(0, low_open=True),
+    "top_p": Range(0, 1, low_open=True), "generation_batch_size": Range(1), "steps": Range(1),
+    "lr": Range(0, 1, True, True, hint="e.g. 1e-5 for real models, 2e-4 for the tiny one"),
+    "weight_decay": Range(0), "warmup_steps": Range(0),
+    "max_grad_norm": Range(0, low_open=True, hint="the gradient-norm clip, e.g. 1.0"),
+    "updates_per_step": Range(1), "micro_batch_size": Range(1), "seed": Range(0),
+    "max_nonfinite_steps": Range(1), "eval_every": Range(0, hint="0 = only at the end"), "eval_n": Range(1),
+    "save_every": Range(1), "max_reward_error_steps": Range(1),
+    "eval_fraction": Range(0, 1, high_open=True, hint="a share of the prompts"), "correct_threshold": Range(),
+}
+
+
+@functools.cache
+def _is_int_field(name: str) -> bool:
+    """True for ``int`` fields (``int | None`` included), False for ``float`` ones."""
+    hint = typing.get_type_hints(TrainConfig)[name]
+    return int in (hint, *typing.get_args(hint))
+
+
+def _as_number(value: Any, integer: bool) -> Any:
+    """``"1e-3"`` -> 0.001 and, for an integer field, ``3.0`` -> 3; anything else is returned as is
+    (``validate`` refuses what is still not a number of the right kind)."""
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            return value
+    if integer and isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
 
 
 @dataclass
@@ -59,7 +164,7 @@ class TrainConfig:
     lora_target_modules: str | list[str] = "all-linear"
     gradient_checkpointing: bool = False
     dtype: str = "auto"
-    """"auto" (bf16 on GPU, fp32 on CPU), "float32", "bfloat16" or "float16"."""
+    """"auto" (bf16 on a GPU with native bf16, else fp32, printed), "float32", "bfloat16" or "float16"."""
     device: str = "auto"
     chat_template: bool = False
     """Wrap prompts with the tokenizer's chat template (instruct models)."""
@@ -68,7 +173,23 @@ class TrainConfig:
     task: str = "countdown"
     """"countdown", "sql" or "math"."""
     task_source: str | None = None
-    """math only: a hub id (e.g. openai/gsm8k) or a local JSONL; None = offline synthetic problems."""
+    """math only: a hub id (e.g. openai/gsm8k; its "test" split is evaluated) or a local JSONL (a fixed
+    fifth of its questions is held out for "test"); None = offline synthetic problems."""
+    dataset: str | None = None
+    """Your own training data instead of the task's (dphrl_mini/sources.py): a .jsonl/.json/.parquet/.csv
+    file, a ``save_to_disk`` folder or a hub id, with a ``prompt`` column (string or chat messages);
+    every other column reaches the reward functions as a keyword argument."""
+    eval_dataset: str | None = None
+    """Evaluation data for ``dataset`` (split "test"); None = hold out ``eval_fraction`` of it."""
+    eval_fraction: float = 0.1
+    """Share of ``dataset``'s distinct prompts held out for evaluation when ``eval_dataset`` is None."""
+    reward: list[str] | None = None
+    """Reward functions "MODULE:FUNCTION" (module name or path to a .py file), TRL's signature
+    ``f(prompts, completions, **kwargs) -> list[float | None]``; None = the task's own reward."""
+    reward_weights: list[float] | None = None
+    """One weight per ``reward`` function (default 1 each); the total reward is the weighted sum."""
+    correct_threshold: float = 1.0
+    """A completion is correct when its total reward is >= this (presample split, solve rate, Pass@k)."""
     train_size: int = 1000
     eval_size: int = 100
     ood_size: int = 100
@@ -85,24 +206,26 @@ class TrainConfig:
     loss_aggregation: str = "token_mean"
     """"token_mean" or "sequence_mean"."""
     kl_coef: float | None = None
-    """Reverse-KL penalty coefficient (rkl); None = the method's default."""
+    """Reverse-KL penalty coefficient beta (rkl; also MARA's beta); None = the method's default."""
     kl_estimator: str = "k3"
-    eta: float = 1.0
-    """DPH-RL coefficient on the divergence loss over stored reference samples."""
+    eta: float = eta_from_sft_loss_coeff(RELEASED_SFT_LOSS_COEFF)
+    """DPH-RL coefficient on the token-mean divergence loss over stored reference samples; the
+    released sft_loss_coeff c is eta = 0.125 c (module docstring), so the default is c = 0.01."""
     alpha: float = 0.5
     """alpha of the alpha divergence (dph_alpha), in (0, 1)."""
     reference_batch_size: int = 64
-    """Stored reference sequences per step for DPH methods."""
+    """Stored reference sequences per optimizer update for DPH methods, drawn afresh each update
+    from a seeded pass over the store (the release: 256 per 2,048 on-policy rows)."""
     mara: bool = False
-    """Apply MARA (Algorithm 1) to each prompt's group of rewards; needs the online reference."""
-    mara_beta: float = 0.05
+    """Apply MARA (Algorithm 1) to each prompt's group of rewards, with beta = ``kl_coef`` (MARA's
+    beta *is* the KL coefficient); needs ``kl_coef > 0``."""
     mara_tau: float = 1.0
 
     # --- pre-sampling (DPH-RL hybrid split) ------------------------------------------------------
-    presample_k: int = 8
-    """Samples per training prompt from the initial policy."""
+    presample_k: int = 4
+    """Samples per training prompt from the initial policy (released: 4)."""
     presample_threshold: float = 1.0
-    """Pass rate at or above which a prompt is near-perfect (D_pef)."""
+    """Pass rate at or above which a prompt is near-perfect (D_pef); released: 1.0 (4 of 4)."""
     keep_references: str = "one"
     """"one" correct reference per near-perfect prompt (as released) or "all_distinct"."""
     train_on: str = "auto"
@@ -122,8 +245,8 @@ class TrainConfig:
     rollout_engine: str = "auto"
     """Sampler (dphrl_mini/engine.py): "plain" (rollout.generate on the PEFT model), "merged" (a copy
     with LoRA folded into the weights, refreshed each rollout), "static" (merged + static KV cache +
-    CUDA-graph decode, CUDA only; falls back to "merged" elsewhere) or "auto" (static on CUDA,
-    merged otherwise)."""
+    CUDA-graph decode, CUDA only, opt-in until a GPU run checks it against the reference sampler;
+    falls back to "merged" elsewhere) or "auto" (merged)."""
 
     pack_sequences: bool = True
     """Training forward (dphrl_mini/packing.py): each distinct prompt once, completions without
@@ -158,8 +281,33 @@ class TrainConfig:
     eval_ks: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64])
     save_every: int = 50
     progress: bool = True
+    report_to: str = "none"
+    """"none" or "tensorboard" (accelerate's tracker, logs under output_dir; `pip install tensorboard`)."""
+
+    # --- guards against silent failure -------------------------------------------------------------
+    max_reward_error_steps: int = 3
+    """Stop after this many consecutive steps in which a reward function failed on every completion."""
+    overwrite: bool = False
+    """Start afresh in ``output_dir``: delete the run files a previous run left there (checkpoints,
+    metrics, pre-sampled data, adapter) instead of resuming from them."""
+
+    def __post_init__(self) -> None:
+        """Numbers given as text (YAML reads ``1e-3`` as a string) become numbers; ``validate`` checks them."""
+        for name in NUMERIC_RANGES:
+            setattr(self, name, _as_number(getattr(self, name), _is_int_field(name)))
+        if isinstance(self.eval_ks, (list, tuple)):
+            self.eval_ks = [_as_number(k, True) for k in self.eval_ks]
+        self._check_mara()  # at construction: a MARA config without its KL term is never built
 
     # ------------------------------------------------------------------------------------------
+    def _check_mara(self) -> None:
+        if self.mara and self.method in METHODS and self.method_kl_coef() <= 0:
+            raise ValueError(
+                f"config field `kl_coef`={self.kl_coef!r} (method {self.method!r}): MARA needs a reverse-KL term, "
+                "because its beta is the KL coefficient (the augmented rewards give a uniform target only "
+                "inside E[R] - beta*KL with the same beta; without it the optimum is the correct answer with "
+                "the lowest pi_ref). Use method='rkl' with kl_coef>0, e.g. kl_coef=0.05")
+
     def method_eps_high(self) -> float:
         return self.eps_high if self.eps_high is not None else method_defaults(self.method)["eps_high"]
 
@@ -170,8 +318,8 @@ class TrainConfig:
         return method_defaults(self.method)["divergence"]
 
     def needs_reference_model(self) -> bool:
-        """The online reference (adapters disabled) is needed only by the KL penalty and MARA."""
-        return self.method_kl_coef() > 0 or self.mara
+        """The online reference (adapters disabled) is needed by the KL penalty (and so by MARA)."""
+        return self.method_kl_coef() > 0
 
     def validate(self) -> "TrainConfig":
         """Raise ValueError naming the field and the fix; return self when all is well."""
@@ -190,30 +338,13 @@ class TrainConfig:
             bad("optimizer", "use 'adamw' or 'paged_adamw_8bit'")
         if self.optimizer == "paged_adamw_8bit" and importlib.util.find_spec("bitsandbytes") is None:
             bad("optimizer", "paged_adamw_8bit needs bitsandbytes; use optimizer='adamw'")
-        for name in ("eta", "mara_beta", "weight_decay", "warmup_steps", "eval_every"):
-            if getattr(self, name) < 0:
-                bad(name, "must be >= 0")
-        if self.kl_coef is not None and self.kl_coef < 0:
-            bad("kl_coef", "must be >= 0")
-        for name in ("num_generations", "prompts_per_step", "max_new_tokens", "steps",
-                     "micro_batch_size", "presample_k", "eval_n", "reference_batch_size",
-                     "lora_rank", "generation_batch_size", "updates_per_step", "max_nonfinite_steps", "save_every"):
-            if int(getattr(self, name)) < 1:
-                bad(name, "must be a positive integer")
-        if self.num_generations < 2:
-            bad("num_generations", "group-normalized advantages need at least 2 completions per prompt")
+        for name, allowed in NUMERIC_RANGES.items():
+            problem = allowed.problem(getattr(self, name), _is_int_field(name))
+            if problem:
+                bad(name, problem)
+        self._check_mara()
         if self.updates_per_step > self.prompts_per_step:
             bad("updates_per_step", f"at most prompts_per_step={self.prompts_per_step} (each update takes whole groups)")
-        if not 0.0 < self.alpha < 1.0:
-            bad("alpha", "the alpha divergence needs alpha strictly inside (0, 1)")
-        if not 0.0 < self.temperature:
-            bad("temperature", "must be > 0")
-        if not 0.0 < self.top_p <= 1.0:
-            bad("top_p", "must lie in (0, 1]")
-        if not 0.0 < self.lr < 1.0:
-            bad("lr", "a learning rate in (0, 1), e.g. 1e-5 for real models, 2e-4 for the tiny one")
-        if self.eps_low < 0 or self.method_eps_high() < 0:
-            bad("eps_low", "clip ranges must be >= 0")
         if self.rollout_engine not in ("plain", "merged", "static", "auto"):
             bad("rollout_engine", "use 'plain', 'merged', 'static' or 'auto'")
         if self.kl_estimator not in ("k1", "k2", "k3"):
@@ -226,9 +357,13 @@ class TrainConfig:
             bad("keep_references", "use 'one' or 'all_distinct'")
         if self.train_on not in ("auto", "all", "exploration", "learnable"):
             bad("train_on", "use 'auto', 'all', 'exploration' or 'learnable'")
-        if not 0.0 <= self.presample_threshold <= 1.0:
-            bad("presample_threshold", "a pass rate in [0, 1]")
-        if any(int(k) < 1 or int(k) > self.eval_n for k in self.eval_ks):
+        if self.reward_weights is not None and len(self.reward_weights) != len(self.reward or []):
+            bad("reward_weights", f"give one weight per reward function ({len(self.reward or [])} given)")
+        if self.report_to not in ("none", "tensorboard"):
+            bad("report_to", "use 'none' or 'tensorboard'")
+        if self.report_to == "tensorboard" and importlib.util.find_spec("tensorboard") is None:
+            bad("report_to", "needs tensorboard: `pip install tensorboard` (or the `tensorboard` extra)")
+        if any(isinstance(k, bool) or not isinstance(k, int) or k < 1 or k > self.eval_n for k in self.eval_ks):
             bad("eval_ks", f"every k must satisfy 1 <= k <= eval_n={self.eval_n}; raise eval_n or drop large k")
         return self
 
@@ -242,6 +377,9 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
         known = {f.name for f in dataclasses.fields(cls)}
+        if "mara_beta" in values:
+            raise ValueError("config field `mara_beta` was removed: MARA's beta is the KL coefficient, "
+                             "set `kl_coef` (with method='rkl') instead")
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"unknown config field(s) {unknown}; valid fields: {sorted(known)}")
@@ -256,16 +394,18 @@ class TrainConfig:
 
 PRESETS: dict[str, dict[str, Any]] = {
     # The built-in tiny model on a CPU: a run takes minutes.
+    # DPH: the released split rule (4 of 4) and eta (sft_loss_coeff 0.01); 16 reference rows per
+    # update next to 128 on-policy rows, the release's 1:8.
     "tiny-cpu": dict(model="tiny", task="countdown", num_generations=16, prompts_per_step=16,
-                     max_new_tokens=24, steps=100, lr=2e-4, presample_k=16, presample_threshold=0.25, lora_rank=16, lora_alpha=32,
-                     eta=1.0, reference_batch_size=64, eval_n=64, micro_batch_size=256),
+                     max_new_tokens=24, steps=100, lr=2e-4, presample_k=4, presample_threshold=1.0,
+                     lora_rank=16, lora_alpha=32, reference_batch_size=16, eval_n=64, micro_batch_size=256),
     # One Colab-class GPU: a 0.5B-1.5B instruct model in 4-bit with LoRA on GSM8K-style data.
     "one-gpu-qlora": dict(model="Qwen/Qwen2.5-0.5B-Instruct", quantization="4bit", task="math",
                           task_source="openai/gsm8k", chat_template=True, num_generations=8,
                           prompts_per_step=8, max_new_tokens=256, steps=200, lr=1e-5,
                           lora_rank=16, lora_alpha=32, gradient_checkpointing=True,
-                          optimizer="paged_adamw_8bit", micro_batch_size=8, eta=0.1,
-                          reference_batch_size=16, eval_n=16, eval_ks=[1, 2, 4, 8, 16],
+                          optimizer="paged_adamw_8bit", micro_batch_size=8,
+                          reference_batch_size=4, eval_n=16, eval_ks=[1, 2, 4, 8, 16],
                           generation_batch_size=64, train_size=2000, eval_size=200, ood_size=0),
 }
 
@@ -279,3 +419,29 @@ def preset_config(name: str | None = None, **overrides: Any) -> TrainConfig:
         values.update(PRESETS[name])
     values.update(overrides)
     return TrainConfig.from_dict(values)
+
+
+RESUME_SAFE_FIELDS = frozenset({
+    "steps", "output_dir", "overwrite", "progress", "eval_every", "eval_n", "eval_ks", "eval_size", "ood_size",
+    "save_every", "device", "micro_batch_size", "generation_batch_size", "gradient_checkpointing",
+    "rollout_engine", "pack_sequences", "max_nonfinite_steps", "max_reward_error_steps", "fail_fast"})
+"""Fields a resumed run may change (each change is logged): evaluation, progress and bookkeeping,
+memory knobs that give the same updates (micro-batches, the sampler, packing), the guards, and a
+larger ``steps``. Any other difference changes the run's mathematics and refuses to resume."""
+
+
+def resume_changes(saved: dict[str, Any], config: TrainConfig) -> tuple[list[str], list[str]]:
+    """``(refused, allowed)``: the differences from a run folder's saved config to ``config``, each as
+    ``"field: old -> new"``. Fields absent from ``saved`` (written by an older version) are skipped.
+
+    >>> resume_changes({"lr": 2e-4, "steps": 4}, TrainConfig(lr=1e-3, steps=6))
+    (['lr: 0.0002 -> 0.001'], ['steps: 4 -> 6'])
+    """
+    refused, allowed = [], []
+    for name, value in config.to_dict().items():
+        if name not in saved or saved[name] == value:
+            continue
+        line = f"{name}: {saved[name]!r} -> {value!r}"
+        safe = name in RESUME_SAFE_FIELDS and not (name == "steps" and value < saved[name])
+        (allowed if safe else refused).append(line if safe or name != "steps" else line + " (fewer steps)")
+    return refused, allowed

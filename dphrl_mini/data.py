@@ -1,14 +1,15 @@
 """DPH-RL's hybrid data: pre-sampling, the exploration / near-perfect split, the reference store.
 
 DESIGN.md §1, "DPH-RL as released", step 1: every training prompt is sampled ``k`` times from the
-initial policy. Prompts whose pass rate reaches ``threshold`` form the near-perfect set D_pef; the
+initial policy and scored by the run's ``rewards.Verifier`` (a sample is correct when its total
+reward reaches ``correct_threshold``). Prompts whose pass rate reaches ``threshold`` form the near-perfect set D_pef; the
 rest form the exploration set D_exp. For each D_pef prompt we keep correct reference responses
 with their **per-token pi_ref log-probs**, stored on disk, so DPH training needs no online
 reference model.
 
 Departures from the released code:
 1. The released code keeps one correct response per D_pef prompt; ``keep="all_distinct"`` keeps
-   one per distinct correct solution (``task.solution_key``), which rehearses every mode.
+   one per distinct correct solution (``Verifier.solution_key``), which rehearses every mode.
 2. The reference responses are taken from the same k pre-samples instead of a second sampling pass.
 3. The store carries a fingerprint of model and tokenizer; loading it against another model is an
    error, not silent garbage.
@@ -26,7 +27,7 @@ import torch
 
 from .checkpoint import atomic_write, sha256_file
 from .packing import packed_logps
-from .rewards import score_completions
+from .rewards import Verifier, as_verifier
 from .rollout import generate, sequence_logps
 
 
@@ -80,17 +81,34 @@ class ReferenceStore:
 
     @classmethod
     def load(cls, path: str | Path, expected_fingerprint: str | None = None) -> "ReferenceStore":
+        """Load a store after checking it against its mandatory ``.sha256`` sidecar."""
         path = Path(path)
         sidecar = path.with_suffix(path.suffix + ".sha256")
-        if sidecar.exists() and sidecar.read_text().strip() != sha256_file(path):
-            raise ValueError(f"reference store {path} is corrupt (checksum mismatch); re-run presample")
-        store = cls(**torch.load(path, weights_only=False))
-        if expected_fingerprint is not None and store.fingerprint != expected_fingerprint:
-            raise ValueError(
-                f"reference store {path} was made with another model or tokenizer "
-                f"(fingerprint {store.fingerprint} != {expected_fingerprint}); its log-probs would be "
-                "garbage for this model. Re-run `dphrl-mini presample` with the current model.")
+        if not sidecar.exists():
+            raise corrupt_presample(path, f"its checksum file {sidecar.name} is missing")
+        if sidecar.read_text().strip() != sha256_file(path):
+            raise corrupt_presample(path, "checksum mismatch")
+        try:
+            store = cls(**torch.load(path, weights_only=False))
+        except Exception as error:  # noqa: BLE001 - a checksummed file that still does not load
+            raise corrupt_presample(path, f"{type(error).__name__}: {error}") from None
+        if expected_fingerprint is not None:
+            store.check_fingerprint(expected_fingerprint, f"reference store {path}")
         return store
+
+    def check_fingerprint(self, expected_fingerprint: str, name: str = "the reference store") -> None:
+        """Raise ``ValueError`` unless the store was made with the model/tokenizer of ``expected_fingerprint``."""
+        if self.fingerprint != expected_fingerprint:
+            raise ValueError(
+                f"{name} was made with another model or tokenizer "
+                f"(fingerprint {self.fingerprint} != {expected_fingerprint}); its log-probs would be garbage "
+                "for this model. Re-run `dphrl-mini presample` (or `build_reference_store`) with the current model.")
+
+
+def corrupt_presample(path: Path, why: str) -> ValueError:
+    """The error for a damaged pre-sampling file: which file, why, and how to rebuild it."""
+    return ValueError(f"{path} is corrupt ({why}); re-run presample: delete presample.json and "
+                      f"reference_store.pt in {path.parent}, then run `dphrl-mini presample` (or train) again")
 
 
 @dataclass
@@ -120,7 +138,14 @@ class PresampleResult:
     @classmethod
     def load(cls, folder: str | Path, rows: list[dict], expected_fingerprint: str | None = None) -> "PresampleResult":
         folder = Path(folder)
-        split = json.loads((folder / "presample.json").read_text())
+        try:
+            split = json.loads((folder / "presample.json").read_text())
+        except ValueError as error:  # truncated or edited
+            raise corrupt_presample(folder / "presample.json", f"not valid JSON: {error}") from None
+        missing = [k for k in ("pass_rates", "k", "threshold", "exploration", "near_perfect")
+                   if not isinstance(split, dict) or k not in split]
+        if missing:
+            raise corrupt_presample(folder / "presample.json", f"field `{missing[0]}` is missing")
         by_id = {r["id"]: r for r in rows}
         missing = [i for i in split["exploration"] + split["near_perfect"] if i not in by_id]
         if missing:
@@ -132,31 +157,36 @@ class PresampleResult:
                    split["k"], split["threshold"])
 
 
-def presample(model, tokenizer, rows: list[dict], task, *, k: int = 8, threshold: float = 1.0,
+def presample(model, tokenizer, rows: list[dict], verifier: Verifier, *, k: int = 8, threshold: float = 1.0,
               keep: str = "one", fingerprint: str = "", max_new_tokens: int = 32,
               temperature: float = 1.0, top_p: float = 1.0, batch_size: int = 512, seed: int = 0,
-              prompts: list[str] | None = None, progress: bool = True, packed: bool = True) -> PresampleResult:
+              prompts: list[str] | None = None, progress: bool = True, packed: bool = True,
+              add_special_tokens: bool = True) -> PresampleResult:
     """Sample ``k`` completions per row from the (initial) ``model`` and split the rows.
 
-    ``prompts`` overrides the text fed to the model (e.g. chat-templated); defaults to row["prompt"].
+    ``verifier`` scores them (a built-in task module also works: ``rewards.as_verifier``).
+    ``prompts`` overrides the text fed to the model (e.g. chat-templated, then with
+    ``add_special_tokens=False``); defaults to row["prompt"]. Rewards always see row["prompt"].
     Reference log-probs are recomputed with the trainer's own forward (``packing.packed_logps``, or
     ``rollout.sequence_logps`` if not ``packed``) so that they match what the trainer computes for
     the policy at the same tokens.
     """
     if keep not in ("one", "all_distinct"):
         raise ValueError(f"keep={keep!r}: use 'one' or 'all_distinct'")
+    verifier = as_verifier(verifier)
     prompts = prompts or [r["prompt"] for r in rows]
     generator = torch.Generator(device=model.device).manual_seed(seed)
     rollout = generate(model, tokenizer, prompts, num_generations=k, max_new_tokens=max_new_tokens,
                        temperature=temperature, top_p=top_p, batch_size=batch_size,
-                       generator=generator, progress=progress)
-    rewards, _ = score_completions([task.reward], [p for p in prompts for _ in range(k)],
-                                   rollout.completions, reward_columns(rows, k))
+                       generator=generator, progress=progress, add_special_tokens=add_special_tokens)
+    rewards, _ = verifier.score([r["prompt"] for r in rows for _ in range(k)], rollout.completions,
+                                reward_columns(rows, k))
+    is_correct = verifier.is_correct(rewards)
     rng = random.Random(seed)
     pass_rates, exploration, near_perfect, chosen = {}, [], [], []
     for i, row in enumerate(rows):
         group = range(i * k, (i + 1) * k)
-        correct = [j for j in group if rewards[j] >= 1.0 and not bool(rollout.truncated[j])]
+        correct = [j for j in group if is_correct[j] and not bool(rollout.truncated[j])]
         pass_rates[row["id"]] = len(correct) / k
         if len(correct) / k >= threshold and correct:
             near_perfect.append(row)
@@ -166,7 +196,7 @@ def presample(model, tokenizer, rows: list[dict], task, *, k: int = 8, threshold
             else:
                 seen: set = set()
                 for j in correct:
-                    key = task.solution_key(rollout.completions[j])
+                    key = verifier.solution_key(rollout.completions[j])
                     if key not in seen:
                         seen.add(key)
                         chosen.append(j)

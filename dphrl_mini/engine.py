@@ -18,8 +18,8 @@ prefill once per distinct prompt and indexes its KV cache out to the prompt's G 
    Rows that finished keep their slot (static shapes for the graph) until every row has; there
    is no batch compaction yet. NOT YET MEASURED on a GPU: the loop is tested for correctness on
    CPU (without compilation); the compiled CUDA path only has a GPU-only test, not yet run.
-3. ``"auto"``: ``"static"`` on CUDA, ``"merged"`` elsewhere. ``"plain"`` = ``rollout.generate``
-   on the PEFT model itself.
+3. ``"auto"``: ``"merged"`` everywhere: ``"static"`` is opt-in until a GPU run shows that it
+   matches the reference sampler. ``"plain"`` = ``rollout.generate`` on the PEFT model itself.
 
 The trainer's log-prob forward shares prompts too, by packing (``packing.packed_logps``).
 
@@ -44,13 +44,11 @@ ENGINES = ("plain", "merged", "static", "auto")
 
 
 def resolve_engine(name: str, device: torch.device | str) -> str:
-    """``"auto"`` -> ``"static"`` on CUDA, ``"merged"`` elsewhere; ``"static"`` off CUDA -> ``"merged"``."""
+    """``"auto"`` -> ``"merged"`` (also on CUDA: ``"static"`` is opt-in, not yet checked on a GPU);
+    ``"static"`` off CUDA -> ``"merged"``."""
     if name not in ENGINES:
         raise ValueError(f"rollout_engine={name!r}: choose one of {ENGINES}")
-    cuda = torch.device(device).type == "cuda"
-    if name == "auto":
-        return "static" if cuda else "merged"
-    if name == "static" and not cuda:
+    if name == "auto" or (name == "static" and torch.device(device).type != "cuda"):
         return "merged"
     return name
 
@@ -179,17 +177,17 @@ def _prefill_distinct(model, prompt_ids, prompt_mask, index):
 
 @torch.no_grad()
 def _sample_chunk_shared(model, prompt_ids, prompt_mask, index, max_new_tokens, temperature, top_p, greedy,
-                         generator, eos_token_id, pad_token_id):
+                         generator, stop_ids, pad_token_id):
     """``rollout._sample_chunk`` with a shared prefill per distinct prompt (same random stream)."""
     from .rollout import _sample_chunk, decode
 
     prefill = _prefill_distinct(model, prompt_ids, prompt_mask, index)
     if prefill is None:
         return _sample_chunk(model, prompt_ids, prompt_mask, max_new_tokens, temperature, top_p, greedy,
-                             generator, eos_token_id, pad_token_id)
+                             generator, stop_ids, pad_token_id)
     logits, cache = prefill
     return decode(model, logits, cache, prompt_mask, max_new_tokens, temperature, top_p, greedy,
-                  generator, eos_token_id, pad_token_id)
+                  generator, stop_ids, pad_token_id)
 
 
 def _gumbel_next_token(logits: torch.Tensor, temperature: float, top_p: float, greedy: bool,
@@ -228,7 +226,7 @@ class StaticDecoder:
 
     @torch.no_grad()
     def sample(self, prompt_ids, prompt_mask, index, max_new_tokens, temperature, top_p, greedy, generator,
-               eos_token_id: int, pad_token_id: int):
+               stop_ids: torch.Tensor, pad_token_id: int):
         b, P = prompt_ids.shape
         L = P + max_new_tokens
         cache = StaticCache(config=self.model.config, max_cache_len=L)
@@ -255,7 +253,7 @@ class StaticDecoder:
             masks[:, t] = (~finished).long()
             tokens[:, t] = token.masked_fill(finished, pad_token_id)
             logps[:, t] = logp.masked_fill(finished, 0.0)
-            finished = finished | (token == eos_token_id)
+            finished = finished | torch.isin(token, stop_ids)
             if t + 1 == max_new_tokens or ((t + 1) % self.sync_every == 0 and bool(finished.all())):
                 break
             attention_mask[:, P + t] = 1
@@ -320,10 +318,11 @@ class RolloutEngine:
     def generate(self, tokenizer, prompts: list[str], num_generations: int = 1, max_new_tokens: int = 32,
                  temperature: float = 1.0, top_p: float = 1.0, greedy: bool = False,
                  batch_size: int | None = None, generator: torch.Generator | None = None,
-                 progress: bool = False, adapters: bool | None = None) -> Rollout:
+                 progress: bool = False, adapters: bool | None = None, add_special_tokens: bool = True) -> Rollout:
         """Same arguments and result as ``rollout.generate``."""
         kwargs = dict(num_generations=num_generations, max_new_tokens=max_new_tokens, temperature=temperature,
-                      top_p=top_p, greedy=greedy, batch_size=batch_size, generator=generator, progress=progress)
+                      top_p=top_p, greedy=greedy, batch_size=batch_size, generator=generator, progress=progress,
+                      add_special_tokens=add_special_tokens)
         with self.sampling_model(adapters) as model:
             if self.mode == "plain":
                 return generate(model, tokenizer, prompts, **kwargs)

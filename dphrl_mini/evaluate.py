@@ -6,11 +6,12 @@ tiny tasks); with c correct samples the unbiased estimator (Chen et al. 2021, Co
     pass@k = 1 - C(n - c, k) / C(n, k) = 1 - prod_{i = n-c+1}^{n} (1 - k / i)
 
 computed in the product form, which never forms a huge binomial coefficient. Diversity is the
-number of distinct correct solutions per prompt (``task.solution_key``), and ``kept_lost`` says
+number of distinct correct solutions per prompt (``Verifier.solution_key``), and ``kept_lost`` says
 which prompts the base model solved (at least one correct of n) that a trained model keeps or loses
 (papers/dph-rl.md §3, the "keep vs additional exploration" breakdown).
 
-A completion counts as correct when its reward is >= 1 (verifiable 0/1 rewards), as in ``data``.
+A completion counts as correct when its total reward is >= the verifier's ``correct_threshold``
+(default 1: verifiable 0/1 rewards), the same rule as the pre-sampling split (``data``) and training.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import numpy as np
 import torch
 
 from .data import reward_columns
-from .rewards import score_completions
+from .rewards import Verifier, as_verifier
 from .rollout import generate
 
 
@@ -84,9 +85,9 @@ class EvalResult:
     n: int
     """Samples per prompt."""
     correct: list[int]
-    """Correct samples (reward >= 1) per prompt, out of n."""
+    """Correct samples (total reward >= correct_threshold) per prompt, out of n."""
     distinct_keys: list[set[str]] = field(default_factory=list)
-    """Distinct ``task.solution_key`` of the correct samples, per prompt."""
+    """Distinct ``Verifier.solution_key`` of the correct samples, per prompt."""
     greedy_correct: list[bool] = field(default_factory=list)
     """Whether the greedy completion is correct, per prompt (empty if greedy was not run)."""
     reward_errors: int = 0
@@ -114,41 +115,39 @@ class EvalResult:
         return out
 
 
-def _score(task, prompts: list[str], completions: list[str], rows: list[dict], repeat: int):
-    rewards, n_errors = score_completions([task.reward], prompts, completions, reward_columns(rows, repeat))
-    return np.asarray(rewards, dtype=float), int(n_errors)
-
-
-def evaluate(model, tokenizer, rows: list[dict], task, n: int = 64, ks: list[int] | None = None,
+def evaluate(model, tokenizer, rows: list[dict], verifier: Verifier, n: int = 64, ks: list[int] | None = None,
              max_new_tokens: int = 32, temperature: float = 1.0, top_p: float = 1.0,
              batch_size: int = 512, seed: int = 0, greedy: bool = True, progress: bool = True, *,
-             split: str = "", prompts: list[str] | None = None) -> EvalResult:
-    """Sample ``n`` completions per row (seeded), score them with ``task.reward``, and, if
-    ``greedy``, score one greedy completion per row. ``prompts`` overrides the text fed to the
-    model (e.g. chat-templated); rewards always see ``row["prompt"]`` and the row's columns.
+             split: str = "", prompts: list[str] | None = None, add_special_tokens: bool = True) -> EvalResult:
+    """Sample ``n`` completions per row (seeded), score them with ``verifier`` (a built-in task module
+    also works: ``rewards.as_verifier``), and, if ``greedy``, score one greedy completion per row.
+    ``prompts`` overrides the text fed to the model (e.g. chat-templated, then with
+    ``add_special_tokens=False``); rewards always see ``row["prompt"]`` and the row's columns.
     ``ks`` become the result's default k (those above n are dropped by ``summary``).
     """
+    verifier = as_verifier(verifier)
     model_prompts = prompts or [row["prompt"] for row in rows]
     task_prompts = [row["prompt"] for row in rows]
     device = next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed)
-    rollout = generate(model, tokenizer, model_prompts, num_generations=n, max_new_tokens=max_new_tokens,
-                       temperature=temperature, top_p=top_p, batch_size=batch_size,
-                       generator=generator, progress=progress)
-    rewards, errors = _score(task, [p for p in task_prompts for _ in range(n)], rollout.completions, rows, n)
-    correct = (rewards >= 1.0).reshape(len(rows), n)  # (n_prompts, n)
+    sampling = dict(max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress,
+                    add_special_tokens=add_special_tokens)
+    rollout = generate(model, tokenizer, model_prompts, num_generations=n, temperature=temperature, top_p=top_p,
+                       generator=generator, **sampling)
+    rewards, errors = verifier.score([p for p in task_prompts for _ in range(n)], rollout.completions,
+                                     reward_columns(rows, n))
+    correct = verifier.is_correct(rewards).reshape(len(rows), n)  # (n_prompts, n)
     distinct_keys = []
     for i in range(len(rows)):
-        keys = (task.solution_key(rollout.completions[i * n + j]) for j in np.flatnonzero(correct[i]))
+        keys = (verifier.solution_key(rollout.completions[i * n + j]) for j in np.flatnonzero(correct[i]))
         distinct_keys.append({key for key in keys if key is not None})
     greedy_correct: list[bool] = []
     if greedy:
-        best = generate(model, tokenizer, model_prompts, max_new_tokens=max_new_tokens, greedy=True,
-                        batch_size=batch_size, progress=progress)
-        greedy_rewards, greedy_errors = _score(task, task_prompts, best.completions, rows, 1)
-        greedy_correct = (greedy_rewards >= 1.0).tolist()
-        errors += greedy_errors
-    return EvalResult(task=task.NAME, split=split, ids=[row["id"] for row in rows], n=n,
+        best = generate(model, tokenizer, model_prompts, greedy=True, **sampling)
+        greedy_rewards, greedy_errors = verifier.score(task_prompts, best.completions, reward_columns(rows, 1))
+        greedy_correct = verifier.is_correct(greedy_rewards).tolist()
+        errors += int(greedy_errors)
+    return EvalResult(task=verifier.name, split=split, ids=[row["id"] for row in rows], n=n,
                       correct=correct.sum(1).tolist(), distinct_keys=distinct_keys,
                       greedy_correct=greedy_correct, reward_errors=errors,
                       ks=None if ks is None else list(ks))

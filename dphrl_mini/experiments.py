@@ -10,12 +10,13 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import math
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from .checkpoint import atomic_write_text
+from .checkpoint import atomic_write_text, make_folder
 from .config import TrainConfig
 from .evaluate import EvalResult, kept_lost
 from .style import display_name
@@ -39,8 +40,7 @@ def load_eval(path: str | Path) -> EvalResult:
 def evaluate_base(config: TrainConfig, splits: Iterable[str] = ("test", "ood")) -> dict[str, EvalResult]:
     """The base model's results (fresh LoRA adapters are zero at init, so this is pi_ref)."""
     trainer = Trainer(config)
-    out = Path(config.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_folder(config.output_dir)
     results = {}
     for split in splits:
         if trainer.eval_rows(split):
@@ -49,9 +49,14 @@ def evaluate_base(config: TrainConfig, splits: Iterable[str] = ("test", "ood")) 
     return results
 
 
-def run(config: TrainConfig, splits: Iterable[str] = ("test", "ood"), callbacks=()) -> dict[str, Any]:
-    """Train ``config`` (resuming if its output_dir has a checkpoint) and evaluate every split."""
-    trainer = Trainer(config, callbacks=list(callbacks))
+def run(config: TrainConfig, splits: Iterable[str] = ("test", "ood"), callbacks=(), *,
+        reward_fns: list[Callable] | None = None, train_dataset=None, eval_dataset=None) -> dict[str, Any]:
+    """Train ``config`` (resuming if its output_dir has a checkpoint) and evaluate every split.
+
+    ``reward_fns`` (TRL signature), ``train_dataset`` and ``eval_dataset`` (``datasets.Dataset`` or
+    a list of dicts with a ``prompt``) replace the task's own (``sources.task_data``)."""
+    trainer = Trainer(config, callbacks=list(callbacks), reward_fns=reward_fns, train_dataset=train_dataset,
+                      eval_dataset=eval_dataset)
     history = trainer.train()
     results = {}
     for split in splits:
@@ -72,10 +77,46 @@ def summary_row(name: str, seed: int, split: str, result: EvalResult, base: Eval
     return row
 
 
+NEAR_PERFECT_K = 4
+"""The released split rule: a prompt is near-perfect when all 4 of 4 samples are correct."""
+
+
+def near_perfect_ids(base: EvalResult, k: int = NEAR_PERFECT_K) -> set[str]:
+    """Held-out prompts the released rule would most likely put in D_pef for the base model: the
+    chance that all k of k samples are correct, estimated without bias from the base model's n
+    samples as C(c, k) / C(n, k), is at least 1/2."""
+    return {i for i, c in zip(base.ids, base.correct) if math.comb(c, k) / math.comb(base.n, k) >= 0.5}
+
+
+def subset(result: EvalResult, ids: set[str]) -> EvalResult:
+    """``result`` restricted to the prompts in ``ids`` (in its own order)."""
+    keep = [j for j, i in enumerate(result.ids) if i in ids]
+    pick = lambda values: [values[j] for j in keep] if values else values  # noqa: E731
+    return dataclasses.replace(result, ids=pick(result.ids), correct=pick(result.correct),
+                               distinct_keys=pick(result.distinct_keys), greedy_correct=pick(result.greedy_correct))
+
+
+def difficulty_rows(name: str, seed: int, results: dict[str, EvalResult], base: dict[str, EvalResult],
+                    ks: Iterable[int]) -> list[dict[str, Any]]:
+    """``summary_row``s per split and prompt group, split ``"{split}:near-perfect"`` or
+    ``"{split}:exploration"`` by the base model's own samples (``near_perfect_ids``): where each
+    method gains and where it loses."""
+    rows = []
+    for split, result in results.items():
+        if split not in base:
+            continue
+        near = near_perfect_ids(base[split])
+        for group, ids in (("near-perfect", near), ("exploration", set(base[split].ids) - near)):
+            if ids:
+                rows.append(summary_row(name, seed, f"{split}:{group}", subset(result, ids),
+                                        subset(base[split], ids), ks))
+    return rows
+
+
 def parse_variants(specs: Iterable[str]) -> dict[str, dict[str, Any]]:
     """``compare`` variants from the CLI's spec strings, named as ``dphrl-mini compare`` names them:
     ``"dph_js:eta=2"`` -> ``{"dph_js_eta2": {"method": "dph_js", "eta": 2}}``; ``"+mara"`` after the
-    method switches MARA on (``"grpo+mara:mara_beta=0.1"`` -> ``grpo+mara_mara_beta0.1``)."""
+    method switches MARA on (``"rkl+mara:kl_coef=0.05"`` -> ``rkl+mara_kl_coef0.05``)."""
     variants: dict[str, dict[str, Any]] = {}
     for spec in specs:
         name, _, rest = spec.partition(":")
@@ -106,7 +147,8 @@ def compare(base_config: TrainConfig, variants: dict[str, dict[str, Any]], seeds
     With ``reuse``, a run whose ``eval_{split}.json`` files already exist is loaded, not re-run, so an
     interrupted sweep continues where it stopped and a stored sweep (``results/``) reloads in
     seconds. A stored run whose ``config.yaml`` differs from the requested one is an error, not reused;
-    base-model folders (no config) are checked by task, ``eval_n`` and prompt count only.
+    base-model folders (no config) are checked by task, ``eval_n`` and prompt count only. Without
+    ``reuse``, every run starts afresh (``overwrite``).
     """
     out_dir, splits, ks = Path(out_dir), list(splits), base_config.eval_ks
     rows: list[dict[str, Any]] = []
@@ -118,19 +160,22 @@ def compare(base_config: TrainConfig, variants: dict[str, dict[str, Any]], seeds
         else:
             base = evaluate_base(base_cfg, splits)
         rows += [summary_row("base", seed, s, r, r, ks) for s, r in base.items()]
+        rows += difficulty_rows("base", seed, base, base, ks)
         for name, overrides in variants.items():
             run_dir = out_dir / name / f"seed{seed}"
-            cfg = dataclasses.replace(base_config, **overrides, seed=seed, output_dir=str(run_dir))
+            cfg = dataclasses.replace(base_config, **overrides, seed=seed, output_dir=str(run_dir),
+                                      overwrite=base_config.overwrite or not reuse)
             if reuse and _stored(run_dir, cfg, base):
                 results = {s: load_eval(run_dir / f"eval_{s}.json") for s in base}
             else:
                 results = run(cfg, splits=list(base))["eval"]
             rows += [summary_row(name, seed, s, r, base.get(s), ks) for s, r in results.items()]
+            rows += difficulty_rows(name, seed, results, base, ks)
         write_tables(rows, out_dir)
     return rows
 
 
-_IRRELEVANT = ("output_dir", "progress", "save_every")
+_IRRELEVANT = ("output_dir", "progress", "save_every", "overwrite")
 
 
 def _stored(run_dir: Path, config: TrainConfig, splits: Iterable[str]) -> bool:
@@ -143,13 +188,14 @@ def _stored(run_dir: Path, config: TrainConfig, splits: Iterable[str]) -> bool:
         stored, wanted = TrainConfig.from_yaml(saved).to_dict(), config.to_dict()
         diff = {k: (stored[k], wanted[k]) for k in wanted if k not in _IRRELEVANT and stored[k] != wanted[k]}
     else:  # a base-model folder: only what its evaluations record (task, samples, prompts) is checked
-        sizes = {"test": config.eval_size, "ood": config.ood_size}
+        sizes = {} if config.dataset else {"test": config.eval_size, "ood": config.ood_size}  # a dataset may hold fewer
+        task = "custom" if config.reward else config.task  # the name of the verifier (sources.make_verifier)
         diff = {}
         for s in splits:
             data = json.loads((run_dir / f"eval_{s}.json").read_text())
-            if (data["task"], data["n"], len(data["ids"])) != (config.task, config.eval_n, sizes.get(s, len(data["ids"]))):
+            if (data["task"], data["n"], len(data["ids"])) != (task, config.eval_n, sizes.get(s, len(data["ids"]))):
                 diff[f"eval_{s}.json (task, eval_n, prompts)"] = (
-                    (data["task"], data["n"], len(data["ids"])), (config.task, config.eval_n, sizes.get(s)))
+                    (data["task"], data["n"], len(data["ids"])), (task, config.eval_n, sizes.get(s)))
     if diff:
         raise ValueError(f"{run_dir} holds results made with other settings (stored, requested): {diff}; "
                          "use another out_dir, or reuse=False to overwrite them")

@@ -4,8 +4,12 @@ Behaviour of ``load_policy`` (DESIGN.md §2-3):
 
 1. ``"tiny"`` / ``"dphrl-mini/tiny"`` is the project's own character-level model
    (``tiny.tiny_model_path()``); anything else is a Hugging Face id or local path loaded with
-   ``AutoModelForCausalLM`` / ``AutoTokenizer``.
-2. ``dtype="auto"`` is bfloat16 on CUDA and float32 on CPU; ``device="auto"`` is CUDA when present.
+   ``AutoModelForCausalLM`` / ``AutoTokenizer``. A local folder is made absolute (so the adapter's
+   ``base_model_name_or_path`` resolves from any working directory); a path that does not exist
+   is an error.
+2. ``dtype="auto"`` is bfloat16 on CUDA and float32 on CPU; on a GPU without native bf16 (e.g. a
+   T4, where bf16 would be emulated) it is float32, with a warning; ``device="auto"`` is CUDA when
+   present.
 3. ``quantization="4bit"`` is QLoRA's NF4 with double quantization (compute dtype = ``dtype``);
    ``"8bit"`` is LLM.int8. Both go through ``peft.prepare_model_for_kbit_training``. bitsandbytes
    >= 0.46 also runs 4-bit on CPU, which the tests use with the tiny model; its bf16 CPU kernel
@@ -17,6 +21,8 @@ Behaviour of ``load_policy`` (DESIGN.md §2-3):
 5. Gradient checkpointing is the non-reentrant kind; input embeddings require grad so that it
    also works when the base is frozen.
 6. The tokenizer pads on the left (generation); a missing pad token becomes the EOS token.
+7. ``save_adapter`` writes a self-contained adapter folder: PEFT's files, the tokenizer and a short
+   model card (base model, method, config).
 
 The reference policy of the KL / divergence terms is the *same* model with the adapters switched
 off (``reference_mode``), never a second copy. ``model_fingerprint`` identifies the base model so
@@ -28,25 +34,37 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import logging
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
+
+import yaml
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
+logger = logging.getLogger(__name__)
 TINY_NAMES = ("tiny", "dphrl-mini/tiny")
 _DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16,
            "fp16": torch.float16, "float32": torch.float32, "fp32": torch.float32}
 
 
 def resolve_model_path(name_or_path: str) -> str:
-    """``"tiny"`` -> the built-in checkpoint directory; any other name is returned unchanged."""
+    """``"tiny"`` -> the built-in checkpoint directory; an existing local folder -> its absolute path;
+    a hub id (``name`` or ``owner/name``) unchanged; a missing local path -> ``ValueError``."""
+    from .sources import looks_like_path
+
     if name_or_path in TINY_NAMES:
         from .tiny import tiny_model_path
 
         return str(tiny_model_path())
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        return str(path.resolve())
+    if looks_like_path(str(name_or_path)):
+        raise ValueError(f"model {name_or_path!r}: no such folder (a hub id is NAME or OWNER/NAME)")
     return str(name_or_path)
 
 
@@ -57,12 +75,24 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
+def cuda_has_native_bf16(device: torch.device) -> bool:
+    """Compute capability 8.0 or more (Ampere); older GPUs only emulate bf16."""
+    return torch.cuda.get_device_capability(device)[0] >= 8
+
+
 def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
-    """``"auto"``: bfloat16 on CUDA, float32 elsewhere (CPU bf16 matmuls are slow and lossy)."""
+    """``"auto"``: bfloat16 on a CUDA GPU with native bf16, float32 elsewhere (CPU bf16 matmuls are slow
+    and lossy; older GPUs such as the T4 would emulate bf16 silently, and fp16 would need loss scaling)."""
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
+        if device.type != "cuda":
+            return torch.float32
+        if cuda_has_native_bf16(device):
+            return torch.bfloat16
+        logger.warning("dtype='auto': this GPU has no native bfloat16; computing in float32 "
+                       "(set dtype='float16' or 'bfloat16' explicitly to override)")
+        return torch.float32
     if dtype not in _DTYPES:
         raise ValueError(f"dtype={dtype!r}: use 'auto', 'bfloat16', 'float16' or 'float32'")
     return _DTYPES[dtype]
@@ -93,10 +123,12 @@ def linear_module_names(model: torch.nn.Module) -> list[str]:
 
 
 def check_target_modules(model: torch.nn.Module, target_modules: str | list[str]) -> str | list[str]:
-    """``"all-linear"`` passes; listed names (or one comma-separated string) must be linear layers."""
-    if target_modules == "all-linear":
-        return target_modules
-    wanted = [t.strip() for t in target_modules.split(",")] if isinstance(target_modules, str) else list(target_modules)
+    """``"all-linear"`` passes (also as a one-item list, as the CLI gives it); listed names (or
+    comma-separated ones) must be linear layers."""
+    items = [target_modules] if isinstance(target_modules, str) else list(target_modules)
+    wanted = [t.strip() for item in items for t in item.split(",") if t.strip()]
+    if wanted == ["all-linear"]:
+        return "all-linear"
     available = linear_module_names(model)
     missing = [t for t in wanted if t not in available]
     if missing or not wanted:
@@ -234,3 +266,26 @@ def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
         return model.get_nb_trainable_parameters()
     params = list(model.parameters())
     return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
+def save_adapter(model: PeftModel, tokenizer: PreTrainedTokenizerBase, folder: str | Path,
+                 config: dict | None = None) -> Path:
+    """A self-contained adapter folder: PEFT's adapter files, the tokenizer and a model card (README.md)
+    naming the base model, the method and the training config."""
+    folder = Path(folder)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    base = next(iter(model.peft_config.values())).base_model_name_or_path
+    config = config or {}
+    method = config.get("method", "unknown") + ("+mara" if config.get("mara") else "")
+    card = [
+        "---", f"base_model: {base}", "library_name: peft", f"tags: [dphrl-mini, lora, {method}]", "---", "",
+        "# LoRA adapter trained with dphrl-mini", "",
+        f"- Base model: `{base}`", f"- Method: `{method}`",
+        f"- Data: `{config.get('dataset') or config.get('task_source') or config.get('task', '')}`", "",
+        "```python", "from peft import AutoPeftModelForCausalLM", "from transformers import AutoTokenizer", "",
+        f'model = AutoPeftModelForCausalLM.from_pretrained("{folder}")',
+        f'tokenizer = AutoTokenizer.from_pretrained("{folder}")', "```", "",
+        "## Training config", "", "```yaml", yaml.safe_dump(config, sort_keys=False).rstrip(), "```", ""]
+    (folder / "README.md").write_text("\n".join(card))
+    return folder

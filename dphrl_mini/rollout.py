@@ -3,7 +3,10 @@
 ``generate`` repeats every prompt ``num_generations`` times (prompt i occupies rows
 i*G..(i+1)*G-1, the groups of DESIGN.md §1 step 2), left-pads the prompts, and samples token by
 token with a ``DynamicCache``: one prefill forward over the prompts, then one forward of one token
-per step, stopping when every row has produced EOS. ``sequence_logps`` recomputes the per-token
+per step, stopping when every row has produced a stop token (``stop_token_ids``: the tokenizer's
+EOS and every ``generation_config.eos_token_id``, e.g. Llama-3-Instruct's ``<|eot_id|>``).
+Prompts rendered by a chat template already hold their special tokens: pass
+``add_special_tokens=False`` so that they are not added twice (a second BOS). ``sequence_logps`` recomputes the per-token
 log-probs of given completions with one full forward pass, the quantity the losses need.
 
 Both functions divide the logits by ``temperature`` so the trainer's importance ratio compares
@@ -12,7 +15,7 @@ like with like. Departures from ``transformers.generate``:
 1. The recorded log-probs are those of the temperature-scaled distribution *before* top-p
    truncation (the distribution ``sequence_logps`` sees), not of the truncated sampler.
 2. Greedy decoding records log-probs at temperature 1 and ignores ``temperature``/``top_p``.
-3. Tokens after EOS are ``pad_token_id`` and masked out; EOS itself is in the mask.
+3. Tokens after the stop token are ``pad_token_id`` and masked out; the stop token itself is in the mask.
 """
 
 from __future__ import annotations
@@ -38,11 +41,19 @@ class Rollout:
     logps: torch.Tensor             # (B, T) log-probs of the sampled tokens under the sampling policy
     completions: list[str]          # decoded completion texts, special tokens removed
     prompt_index: torch.Tensor      # (B,) long; rows grouped: prompt i occupies rows i*G..(i+1)*G-1
-    truncated: torch.Tensor         # (B,) bool, no EOS within max_new_tokens
+    truncated: torch.Tensor         # (B,) bool, no stop token within max_new_tokens
 
 
 def _pad_token_id(tokenizer) -> int:
     return tokenizer.eos_token_id if tokenizer.pad_token_id is None else tokenizer.pad_token_id
+
+
+def stop_token_ids(model, tokenizer) -> list[int]:
+    """The union of the tokenizer's EOS and the model's ``generation_config.eos_token_id`` (an int or a list)."""
+    config = model.generation_config
+    extra = [] if config is None or config.eos_token_id is None else config.eos_token_id
+    ids = [tokenizer.eos_token_id] + (extra if isinstance(extra, list) else [extra])
+    return sorted({int(i) for i in ids if i is not None})
 
 
 def _left_pad(sequences: list[list[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -78,7 +89,7 @@ def _next_token(logits: torch.Tensor, temperature: float, top_p: float, greedy: 
 
 
 def _sample_chunk(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new_tokens: int,
-                  temperature: float, top_p: float, greedy: bool, generator, eos_token_id: int,
+                  temperature: float, top_p: float, greedy: bool, generator, stop_ids: torch.Tensor,
                   pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """KV-cached sampling for one chunk; returns completion ids, mask and log-probs, each (b, t)."""
     position_ids = (prompt_mask.cumsum(-1) - 1).clamp(min=0)  # (b, P) real tokens count from 0
@@ -86,16 +97,16 @@ def _sample_chunk(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, ma
     logits = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=position_ids,
                    **{CACHE_KWARG: cache}, use_cache=True, logits_to_keep=1).logits[:, -1]  # (b, V)
     return decode(model, logits, cache, prompt_mask, max_new_tokens, temperature, top_p, greedy,
-                  generator, eos_token_id, pad_token_id)
+                  generator, stop_ids, pad_token_id)
 
 
 def decode(model, logits: torch.Tensor, cache, prompt_mask: torch.Tensor, max_new_tokens: int,
-           temperature: float, top_p: float, greedy: bool, generator, eos_token_id: int,
+           temperature: float, top_p: float, greedy: bool, generator, stop_ids: torch.Tensor,
            pad_token_id: int, compact_fraction: float = 0.25) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The decode loop after a prefill (``logits`` (b, V) of the last prompt token, filled ``cache``).
 
-    Finished sequences stop costing work: once at least ``compact_fraction`` of the rows still in
-    the batch have emitted EOS, they are dropped from the batch and the KV cache
+    ``stop_ids`` (k,) are the stop tokens (``stop_token_ids``). Finished sequences stop costing
+    work: once at least ``compact_fraction`` of the rows still in the batch have emitted a stop token, they are dropped from the batch and the KV cache
     (``cache.batch_select_indices``), so later steps only run the unfinished rows.
     """
     b, device = prompt_mask.shape[0], prompt_mask.device
@@ -111,7 +122,7 @@ def decode(model, logits: torch.Tensor, cache, prompt_mask: torch.Tensor, max_ne
         token, logp = _next_token(logits[live], temperature, top_p, greedy, generator)  # (a',), (a',)
         out_tokens[rows[live], t], out_logps[rows[live], t], out_mask[rows[live], t] = token, logp, 1
         step_tokens = torch.full_like(rows, pad_token_id).masked_scatter(live, token)  # (a,)
-        done = done | (step_tokens == eos_token_id)
+        done = done | torch.isin(step_tokens, stop_ids)
         n_done = int(done.sum())  # the one host sync of the step
         if n_done == len(done) or t == max_new_tokens - 1:
             break
@@ -131,7 +142,7 @@ def decode(model, logits: torch.Tensor, cache, prompt_mask: torch.Tensor, max_ne
 def generate(model, tokenizer, prompts: list[str], num_generations: int = 1, max_new_tokens: int = 32,
              temperature: float = 1.0, top_p: float = 1.0, greedy: bool = False,
              batch_size: int | None = None, generator: torch.Generator | None = None,
-             progress: bool = False) -> Rollout:
+             progress: bool = False, add_special_tokens: bool = True) -> Rollout:
     """Sample ``num_generations`` completions of every prompt (rows grouped per prompt).
 
     Works on plain Hugging Face causal LMs and PEFT-wrapped ones. Rows are processed in chunks of
@@ -144,23 +155,27 @@ def generate(model, tokenizer, prompts: list[str], num_generations: int = 1, max
 
     return generate_with(sample, model, tokenizer, prompts, num_generations=num_generations,
                          max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                         greedy=greedy, batch_size=batch_size, generator=generator, progress=progress)
+                         greedy=greedy, batch_size=batch_size, generator=generator, progress=progress,
+                         add_special_tokens=add_special_tokens)
 
 
 def generate_with(sample, model, tokenizer, prompts: list[str], num_generations: int = 1,
                   max_new_tokens: int = 32, temperature: float = 1.0, top_p: float = 1.0,
                   greedy: bool = False, batch_size: int | None = None,
-                  generator: torch.Generator | None = None, progress: bool = False) -> Rollout:
+                  generator: torch.Generator | None = None, progress: bool = False,
+                  add_special_tokens: bool = True) -> Rollout:
     """``generate``'s batching and packaging around any chunk sampler (``engine.py`` has faster ones):
-    ``sample(ids, mask, prompt_index, max_new_tokens, temperature, top_p, greedy, generator, eos, pad)``
+    ``sample(ids, mask, prompt_index, max_new_tokens, temperature, top_p, greedy, generator, stop_ids, pad)``
     returns completion ids, mask and log-probs, each (b, t)."""
     if num_generations < 1 or max_new_tokens < 1:
         raise ValueError(f"num_generations={num_generations} and max_new_tokens={max_new_tokens} must be >= 1")
     if not greedy and temperature <= 0:
         raise ValueError(f"temperature={temperature!r} must be > 0 (use greedy=True for argmax)")
     device = next(model.parameters()).device
-    pad_token_id, eos_token_id = _pad_token_id(tokenizer), tokenizer.eos_token_id
-    rows = [ids for ids in tokenizer(list(prompts))["input_ids"] for _ in range(num_generations)]
+    pad_token_id = _pad_token_id(tokenizer)
+    stop_ids = torch.tensor(stop_token_ids(model, tokenizer), device=device)  # (k,)
+    encoded = tokenizer(list(prompts), add_special_tokens=add_special_tokens)["input_ids"]
+    rows = [ids for ids in encoded for _ in range(num_generations)]
     prompt_ids, prompt_mask = _left_pad(rows, pad_token_id)  # (B, P)
     prompt_index = torch.arange(len(prompts)).repeat_interleave(num_generations)  # (B,)
     batch_size = batch_size or len(rows)
@@ -174,7 +189,7 @@ def generate_with(sample, model, tokenizer, prompts: list[str], num_generations:
                 first = int(mask.any(0).long().argmax())  # drop columns that are pad in every row
                 chunks.append(sample(ids[:, first:].to(device), mask[:, first:].to(device),
                                      prompt_index[start:start + batch_size].to(device), max_new_tokens,
-                                     temperature, top_p, greedy, generator, eos_token_id, pad_token_id))
+                                     temperature, top_p, greedy, generator, stop_ids, pad_token_id))
     finally:
         model.train(was_training)
     width = max(c[0].shape[1] for c in chunks)
@@ -184,9 +199,9 @@ def generate_with(sample, model, tokenizer, prompts: list[str], num_generations:
     lengths = completion_mask.sum(-1).tolist()
     completions = tokenizer.batch_decode([ids[:n] for ids, n in zip(completion_ids.tolist(), lengths)],
                                          skip_special_tokens=True)
-    has_eos = ((completion_ids == eos_token_id) & completion_mask.bool()).any(-1)  # (B,)
+    stopped = (torch.isin(completion_ids, stop_ids.to(completion_ids.device)) & completion_mask.bool()).any(-1)  # (B,)
     return Rollout(prompt_ids.to(device), prompt_mask.to(device), completion_ids, completion_mask,
-                   logps, completions, prompt_index.to(device), ~has_eos)
+                   logps, completions, prompt_index.to(device), ~stopped)
 
 
 def sequence_logps(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,

@@ -19,7 +19,7 @@ The hub is unreachable in tests and CI, so the project builds its own policy (DE
 
 ``python -m dphrl_mini.tiny --out dphrl_mini/assets/tiny`` reproduces the committed checkpoint
 and writes its README with the Pass@1 / Pass@64 / distinct-solution numbers measured by
-``sample_metrics`` (temperature 1, no top-k/top-p).
+``measure`` (the project's evaluator, temperature 1, no top-k/top-p).
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<unk>")  # ids 0, 1, 2, 3
 CHARS = ("\n",) + tuple(chr(i) for i in range(32, 127))
 ASSET_DIR = Path(__file__).resolve().parent / "assets" / "tiny"
 SFT_SEED = 12345  # SFT problems: the "train" generator, but not the RL prompts' seed
-MEASURE_PROMPTS, MEASURE_SAMPLES = 40, 64  # per split, per prompt (README numbers)
+MEASURE_PROMPTS, MEASURE_SAMPLES = 100, 64  # per split, per prompt (README numbers)
 
 
 def build_tokenizer(model_max_length: int = 256) -> PreTrainedTokenizerFast:
@@ -140,7 +140,8 @@ def sft_pairs(cfg: TinyConfig) -> list[tuple[str, str]]:
         if n <= 0:
             continue
         task = get_task(name)
-        rows = task.make_dataset("train", n, seed=SFT_SEED + cfg.seed)
+        kwargs = {"mix": False} if name == "countdown" else {}  # every difficulty, as the split has it
+        rows = task.make_dataset("train", n, seed=SFT_SEED + cfg.seed, **kwargs)
         pairs += task.sft_examples(rows, per_problem=cfg.per_problem, seed=SFT_SEED + cfg.seed)
     return pairs
 
@@ -233,52 +234,74 @@ def train_tiny(cfg: TinyConfig, log_every: int = 50, callback=None):
     return model, tokenizer
 
 
-@torch.no_grad()
-def sample_completions(model, tokenizer, prompts: list[str], n: int, max_new_tokens: int,
-                       batch_size: int = 512, seed: int = 0) -> list[list[str]]:
-    """``n`` completions per prompt at temperature 1 (no top-k/top-p), special tokens removed."""
-    flat = [p for p in prompts for _ in range(n)]
-    texts: list[str] = []
-    with torch.random.fork_rng(devices=[]):  # seeded sampling without touching the caller's RNG
-        torch.manual_seed(seed)
-        for start in range(0, len(flat), batch_size):
-            enc = tokenizer(flat[start : start + batch_size], return_tensors="pt", padding=True)
-            out = model.generate(
-                **enc, do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=max_new_tokens,
-                pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-            )
-            texts += tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
-    return [texts[i * n : (i + 1) * n] for i in range(len(prompts))]
+def measure(model, tokenizer, n_prompts: int = MEASURE_PROMPTS, n: int = MEASURE_SAMPLES, seed: int = 0,
+            train_prompts: dict[str, int] | None = None, progress: bool = False) -> dict[str, dict]:
+    """The figures the RLVR experiments need from a base model, with the project's own evaluator
+    (``evaluate.evaluate``: temperature 1, no top-p; the experiments' sampler and scorer):
 
+    * ``{task}/test`` and ``{task}/ood``: Pass@1, Pass@n and distinct correct solutions per prompt
+      on ``n_prompts`` held-out prompts (Countdown test also per difficulty);
+    * ``{task}/train``: on the RL training prompts (``make_dataset("train", size, seed=0)``, the
+      experiments' ``train_size``), the share that is near-perfect under the released rule (4 of 4
+      samples correct) and under "6 of 8".
+    """
+    from .evaluate import evaluate
+    from .tasks import countdown, sql
 
-def sample_metrics(model, tokenizer, task, rows: list[dict], n: int = 64, max_new_tokens: int = 96,
-                   seed: int = 0) -> dict[str, float]:
-    """Pass@1 (mean c/n), Pass@n (any of n correct) and mean distinct correct solutions per prompt."""
-    prompts = [row["prompt"] for row in rows]
-    samples = sample_completions(model, tokenizer, prompts, n, max_new_tokens, seed=seed)
-    columns = [k for k in rows[0] if k not in ("id", "prompt")]
-    pass1, passn, distinct = [], [], []
-    for row, completions in zip(rows, samples):
-        kwargs = {k: [row[k]] * n for k in columns}
-        rewards = task.reward([row["prompt"]] * n, completions, **kwargs)
-        correct = [c for c, r in zip(completions, rewards) if r > 0]
-        pass1.append(len(correct) / n)
-        passn.append(float(len(correct) > 0))
-        distinct.append(len({task.solution_key(c) for c in correct}))
-    m = len(rows)
-    return {"pass@1": sum(pass1) / m, f"pass@{n}": sum(passn) / m, "distinct_correct": sum(distinct) / m}
-
-
-def measure(model, tokenizer, n_prompts: int = 40, n: int = 64, seed: int = 0) -> dict[str, dict]:
-    """``sample_metrics`` on each tiny task's ``"test"`` and ``"ood"`` splits."""
-    from dphrl_mini.tasks import countdown, sql
-
-    results = {}
+    train_prompts = train_prompts or {"countdown": 2000, "sql": 400}
+    results: dict[str, dict] = {}
     for task, max_new in ((countdown, 32), (sql, 96)):
         for split in ("test", "ood"):
             rows = task.make_dataset(split, n_prompts, seed=seed)
-            results[f"{task.NAME}/{split}"] = sample_metrics(model, tokenizer, task, rows, n, max_new, seed)
+            result = evaluate(model, tokenizer, rows, task, n=n, ks=[1, n], max_new_tokens=max_new, seed=seed,
+                              greedy=False, progress=progress)
+            summary = result.summary()
+            results[f"{task.NAME}/{split}"] = {k: summary[k] for k in ("pass@1", f"pass@{n}", "distinct_correct")}
+            if "difficulty" in rows[0]:
+                for level in task.DIFFICULTIES:
+                    c = [c for c, row in zip(result.correct, rows) if row["difficulty"] == level]
+                    if c:
+                        results[f"{task.NAME}/{split}"][f"pass@1 {level}"] = sum(c) / (n * len(c))
+        rows = task.make_dataset("train", train_prompts[task.NAME], seed=0)
+        shares = {}
+        for k, need in ((4, 4), (8, 6)):
+            result = evaluate(model, tokenizer, rows, task, n=k, max_new_tokens=max_new, seed=seed + k,
+                              greedy=False, progress=progress)
+            shares[f"near-perfect {need}/{k}"] = sum(c >= need for c in result.correct) / len(rows)
+        results[f"{task.NAME}/train"] = shares
     return results
+
+
+TARGETS: tuple[tuple[str, str, float, float], ...] = (
+    # (result key, metric, lower bound, upper bound): the papers' regime in miniature
+    ("countdown/test", "pass@1", 0.30, 0.50),
+    ("countdown/test", f"pass@{MEASURE_SAMPLES}", 0.95, 1.0),
+    ("countdown/test", "distinct_correct", 3.0, float("inf")),
+    ("countdown/train", "near-perfect 4/4", 0.10, 1.0),
+    ("countdown/train", "near-perfect 6/8", 0.0, 1.0),
+    ("countdown/ood", f"pass@{MEASURE_SAMPLES}", 0.20, 1.0),
+    ("sql/test", "pass@1", 0.10, 1.0),
+    ("sql/test", f"pass@{MEASURE_SAMPLES}", 0.50, 1.0),
+    ("sql/train", "near-perfect 4/4", 0.0, 1.0),
+    ("sql/ood", f"pass@{MEASURE_SAMPLES}", 0.20, 1.0),
+)
+
+
+def figures_table(results: dict[str, dict]) -> str:
+    """Every measured figure as a Markdown table, each target marked met or missed."""
+    lines = ["| split | figure | value | target | |", "|---|---|---|---|---|"]
+    targeted = set()
+    for key, metric, lo, hi in TARGETS:
+        if key not in results or metric not in results[key]:
+            continue
+        targeted.add((key, metric))
+        value = results[key][metric]
+        target = "report" if (lo, hi) == (0.0, 1.0) else (f">= {lo:g}" if hi in (1.0, float("inf")) else f"{lo:g}-{hi:g}")
+        verdict = "" if target == "report" else ("met" if lo <= value <= hi else "**missed**")
+        lines.append(f"| {key} | {metric} | {value:.3f} | {target} | {verdict} |".replace("|  |", "| |"))
+    lines += [f"| {key} | {metric} | {value:.3f} | | |" for key, figures in results.items()
+              for metric, value in figures.items() if (key, metric) not in targeted]
+    return "\n".join(lines)
 
 
 def _readme(cfg: TinyConfig, n_params: int, seconds: float, results: dict[str, dict] | None) -> str:
@@ -305,15 +328,11 @@ def _readme(cfg: TinyConfig, n_params: int, seconds: float, results: dict[str, d
         "",
     ]
     if results:
-        lines += [
-            f"Measured after the build at temperature 1.0 (no top-k/top-p), {MEASURE_SAMPLES} samples for "
-            f"each of {MEASURE_PROMPTS} prompts per split (`tiny.measure`):",
-            "",
-            f"| task/split | pass@1 | pass@{MEASURE_SAMPLES} | distinct correct / prompt |",
-            "|---|---|---|---|",
-        ]
-        lines += [f"| {name} | {m['pass@1']:.3f} | {m[f'pass@{MEASURE_SAMPLES}']:.3f} | {m['distinct_correct']:.2f} |"
-                  for name, m in results.items()]
+        lines += [f"Measured after the build by `tiny.measure` (the project's evaluator, temperature 1.0, no "
+                  f"top-k/top-p; {MEASURE_SAMPLES} samples for each of {MEASURE_PROMPTS} held-out prompts per split; "
+                  "near-perfect shares over the experiments' RL training prompts). Targets: the papers' regime "
+                  "(moderate Pass@1, high Pass@k, a near-perfect set, reachable out-of-domain splits).", "",
+                  figures_table(results)]
     return "\n".join(lines) + "\n"
 
 
@@ -333,9 +352,9 @@ def build_tiny_model(out_dir: str | Path, steps: int = TinyConfig.steps, seed: i
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     save_tokenizer(tokenizer, out)
-    results = measure(model, tokenizer, MEASURE_PROMPTS, MEASURE_SAMPLES) if evaluate else None
-    for name, metrics in (results or {}).items():
-        logger.info("%s: %s", name, {k: round(v, 3) for k, v in metrics.items()})
+    results = measure(model, tokenizer) if evaluate else None
+    if results:
+        logger.info("measured figures:\n%s", figures_table(results))
     (out / "README.md").write_text(_readme(cfg, model.num_parameters(), seconds, results))
     logger.info("tiny model saved to %s (%.1f min of training)", out, seconds / 60)
     return out
@@ -363,8 +382,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sql-problems", type=int, default=TinyConfig.sql_problems)
     parser.add_argument("--lr", type=float, default=TinyConfig.lr)
     parser.add_argument("--no-eval", action="store_true", help="skip the Pass@k measurement")
+    parser.add_argument("--measure", metavar="MODEL_DIR", default=None,
+                        help="only measure an existing checkpoint (default: the built-in one) and print its figures")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if args.measure is not None:
+        from transformers import AutoTokenizer
+
+        path = args.measure or tiny_model_path()
+        model = LlamaForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+        print(figures_table(measure(model, AutoTokenizer.from_pretrained(path), progress=True)))
+        return
     build_tiny_model(args.out, steps=args.steps, seed=args.seed, evaluate=not args.no_eval,
                      schedule_steps=args.schedule_steps, init_from=args.init_from,
                      countdown_problems=args.countdown_problems, sql_problems=args.sql_problems, lr=args.lr)

@@ -2,7 +2,8 @@
 
 One step (``Trainer.step``):
 1. draw ``prompts_per_step`` training prompts (D_exp for DPH methods) and sample G completions each;
-2. score them with the verifiable reward (a raising reward scores 0 and is counted);
+2. score them with the run's verifier (``rewards.Verifier``: the task's reward or the user's, from
+   ``sources.task_data``, the one way data and rewards enter; a raising reward scores 0 and is counted);
 3. [MARA] augment each group's rewards with the anchor rule (``toy_bandits.mara_rewards``,
    sequence log-probs from the online reference = the same model with adapters disabled);
 4. group-normalized advantages; then ``updates_per_step`` optimizer updates, each on a mini-batch
@@ -14,16 +15,21 @@ micro-batch stream rather than rows concatenated into the RL batch (so routing n
 types); the forward-KL loss is not clamped at ±10; old log-probs come from the sampler (fp32) or a
 recomputed forward pass (bf16/fp16), not a separate actor.
 Everything else a long run needs is here too: non-finite steps are skipped (and stop the run after
-``max_nonfinite_steps`` in a row), atomic checksummed checkpoints with exact resume, metrics to
-``metrics.jsonl``, periodic evaluation, and ``accelerate launch`` for several processes (DDP).
+``max_nonfinite_steps`` in a row), a reward function that fails on every completion stops the run
+after ``max_reward_error_steps`` steps in a row, atomic checksummed checkpoints with exact resume
+(refused when the config changed the run's mathematics; a checkpoint with non-finite weights is
+never written), one run per output folder (``run.lock``), metrics to ``metrics.jsonl``, periodic
+evaluation, and ``accelerate launch`` for several processes (DDP).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import random
+import shutil
 import time
 import warnings
 from pathlib import Path
@@ -31,23 +37,24 @@ from typing import Callable
 
 import numpy as np
 import torch
+import yaml
 from accelerate import Accelerator
 from accelerate.utils import gather_object
+from peft import PeftModel
 from tqdm.auto import tqdm
 
 from toy_bandits.mara import mara_rewards
 
 from . import checkpoint as ckpt
-from .config import TrainConfig
+from .config import TrainConfig, resume_changes
 from .data import PresampleResult, presample, reward_columns
 from .engine import RolloutEngine
 from .evaluate import EvalResult, evaluate
 from .losses import aggregate, clipped_surrogate, divergence_per_token, group_advantages, kl_penalty_per_token
-from .models import lean_lora, load_policy, model_fingerprint, reference_mode
+from .models import lean_lora, load_policy, model_fingerprint, reference_mode, save_adapter
 from .packing import packed_logps
-from .rewards import score_completions
 from .rollout import Rollout, sequence_logps
-from .tasks import get_task
+from .sources import task_data
 
 OOM_HINT = ("out of GPU memory: lower `micro_batch_size` or `generation_batch_size`, shorten "
             "`max_new_tokens`, set `gradient_checkpointing=True`, or load the model with "
@@ -60,7 +67,38 @@ def _to_device(rollout: Rollout, device) -> Rollout:
 
 
 class NonFiniteError(RuntimeError):
-    """Raised after ``max_nonfinite_steps`` consecutive steps with a non-finite loss or gradient."""
+    """Raised after ``max_nonfinite_steps`` consecutive steps with a non-finite loss or gradient, or
+    when the weights themselves are no longer finite (no checkpoint is written then)."""
+
+
+class RewardFunctionError(ValueError):
+    """Raised after ``max_reward_error_steps`` consecutive steps in which a reward function failed on
+    every completion: such a run would train on nothing."""
+
+
+RUN_FILES = ("config.yaml", "metrics.jsonl", "evals.jsonl", "presample.json", "reference_store.pt",
+             "reference_store.pt.sha256", "adapter", "eval_*.json", "checkpoint-*", ".checkpoint-*")
+"""What a run writes in its output_dir (globs); ``overwrite=True`` deletes these and nothing else."""
+
+
+def _nonfinite_weights(adapter: Path) -> str | None:
+    """Why a saved adapter must not be resumed from (NaN or inf weights), or None."""
+    from safetensors.torch import load_file
+
+    try:
+        weights = load_file(adapter)
+    except Exception as error:  # noqa: BLE001 - a missing or unreadable file: not resumable either
+        return f"its adapter cannot be read ({type(error).__name__}: {error})"
+    bad = [name for name, tensor in weights.items() if not torch.isfinite(tensor).all()]
+    return f"its adapter weights are NaN or inf ({bad[0]})" if bad else None
+
+
+def _logged_step(line: str) -> float:
+    """The step of a JSONL log line; infinity for a line a kill cut short (so it is dropped)."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return math.inf
 
 
 def set_seed(seed: int) -> None:
@@ -73,9 +111,15 @@ class Trainer:
     """``Trainer(config).train()`` runs a whole experiment; notebooks may also call ``step()``."""
 
     def __init__(self, config: TrainConfig, *, model=None, tokenizer=None, reward_fns: list[Callable] | None = None,
-                 callbacks: list[Callable[[dict], None]] = (), accelerator: Accelerator | None = None):
+                 train_dataset=None, eval_dataset=None, callbacks: list[Callable[[dict], None]] = (),
+                 accelerator: Accelerator | None = None):
+        """``reward_fns``, ``train_dataset`` and ``eval_dataset`` (a ``datasets.Dataset``, a list of dicts
+        or a source string) replace the config's; see ``sources.task_data``."""
         self.config = cfg = config.validate()
-        self.accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available() or cfg.device == "cpu")
+        data = task_data(cfg, reward_fns, train_dataset, eval_dataset)  # bad data fails before the model loads
+        tracker = {} if cfg.report_to == "none" else {"log_with": cfg.report_to, "project_dir": cfg.output_dir}
+        self.accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available() or cfg.device == "cpu",
+                                                      **tracker)
         set_seed(cfg.seed + self.accelerator.process_index)
         processes = self.accelerator.num_processes
         if cfg.prompts_per_step % processes or cfg.prompts_per_step // processes < cfg.updates_per_step:
@@ -88,15 +132,20 @@ class Trainer:
                 cfg.model, quantization=cfg.quantization, lora_rank=cfg.lora_rank, lora_alpha=cfg.lora_alpha,
                 lora_dropout=cfg.lora_dropout, lora_target_modules=cfg.lora_target_modules,
                 gradient_checkpointing=cfg.gradient_checkpointing, dtype=cfg.dtype, device=cfg.device)
+        elif not isinstance(model, PeftModel) and cfg.needs_reference_model():
+            raise ValueError(f"method={cfg.method!r}{' with mara' if cfg.mara else ''} needs the online reference "
+                             "(the model with its adapters off): pass a PEFT model (peft.get_peft_model) or use "
+                             "a method without a KL penalty or MARA")
+        if tokenizer.pad_token is None:  # as TRL does
+            tokenizer.pad_token = tokenizer.eos_token
         self.tokenizer = tokenizer
-        self.task = get_task(cfg.task)
-        self.reward_fns = list(reward_fns or [self.task.reward])
+        self.verifier = data.verifier
+        self.train_rows, self._eval_rows = data.train, data.eval
+        self.templated = cfg.chat_template or isinstance(self.train_rows[0]["prompt"], list)
+        """Prompts go through the chat template, which writes its own special tokens (no second BOS)."""
         self.callbacks = list(callbacks)
         self.output_dir = Path(cfg.output_dir)
         self.fingerprint = model_fingerprint(model, tokenizer)
-        kwargs = {"source": cfg.task_source} if cfg.task == "math" else {}
-        self.train_rows = self.task.make_dataset("train", cfg.train_size, seed=cfg.data_seed, **kwargs)
-        self._eval_rows: dict[str, list[dict]] = {}
 
         params = [p for p in model.parameters() if p.requires_grad]
         if cfg.optimizer == "paged_adamw_8bit":
@@ -114,8 +163,9 @@ class Trainer:
         self.device = self.accelerator.device
         self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed * 7919 + self.accelerator.process_index)
         self.step_index = 0
-        self.data_state = {"epoch": 0, "cursor": 0}
+        self.data_state = {"epoch": 0, "cursor": 0, "reference_pass": 0, "reference_cursor": 0}
         self.nonfinite_in_a_row = 0
+        self.reward_failure_streak: dict[str, int] = {}  # reward function -> steps in a row it failed on everything
         self.history: list[dict] = []
         self.presampled: PresampleResult | None = None
         self.pool = self.train_rows
@@ -130,18 +180,32 @@ class Trainer:
         return 1.0
 
     def prompt_text(self, row: dict) -> str:
-        if not self.config.chat_template:
-            return row["prompt"]
-        return self.tokenizer.apply_chat_template([{"role": "user", "content": row["prompt"]}],
-                                                  tokenize=False, add_generation_prompt=True)
+        """The text the model sees: chat messages (or, with ``chat_template``, the prompt as one user
+        turn) rendered by the tokenizer's chat template; otherwise the prompt itself."""
+        prompt = row["prompt"]
+        if not self.templated:
+            return prompt
+        if self.tokenizer.chat_template is None:
+            raise ValueError("chat-format prompts (or chat_template=True) need a tokenizer with a chat template; "
+                             "this one has none: give plain-text prompts and chat_template=False")
+        messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def dataset_name(self, split: str) -> str:
+        """How errors name a split's data: the task source (math) or the built-in task."""
+        cfg = self.config
+        source = cfg.dataset or cfg.task_source
+        return f"{source} ({split})" if source else f"built-in {cfg.task} {split} split"
 
     def eval_rows(self, split: str) -> list[dict]:
-        if split not in self._eval_rows:
-            cfg = self.config
-            size = cfg.eval_size if split == "test" else cfg.ood_size
-            kwargs = {"source": cfg.task_source} if cfg.task == "math" else {}
-            self._eval_rows[split] = self.task.make_dataset(split, size, seed=cfg.data_seed, **kwargs) if size else []
-        return self._eval_rows[split]
+        """The evaluation rows of ``split`` ("test"; "ood" for built-in tasks); [] for any other."""
+        return self._eval_rows.get(split, [])
+
+    def _require_prompts(self) -> None:
+        """An empty prompt pool would make ``next_rows`` wait forever: stop at once instead."""
+        if not self.pool:
+            raise ValueError(f"the training dataset {self.dataset_name('train')} has 0 usable prompts "
+                             f"(train_size={self.config.train_size}); nothing to train on")
 
     def prepare_data(self) -> None:
         """DPH methods (and ``train_on`` "exploration"/"learnable"): pre-sample once (or load the
@@ -153,13 +217,15 @@ class Trainer:
         folder, acc = self.output_dir, self.accelerator
         saved = (folder / "presample.json").exists()
         if not saved and acc.is_main_process:  # DDP: the main process samples, the others wait and load
-            with reference_mode(self.policy):
+            # the initial policy is pi_ref: presampling runs before any update (also when resuming)
+            with reference_mode(self.policy) if isinstance(self.policy, PeftModel) else contextlib.nullcontext():
                 self.presampled = presample(
-                    self.policy, self.tokenizer, self.train_rows, self.task, k=cfg.presample_k,
+                    self.policy, self.tokenizer, self.train_rows, self.verifier, k=cfg.presample_k,
                     threshold=cfg.presample_threshold, keep=cfg.keep_references, fingerprint=self.fingerprint,
                     max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
                     batch_size=cfg.generation_batch_size, seed=cfg.seed, packed=cfg.pack_sequences,
-                    prompts=[self.prompt_text(r) for r in self.train_rows], progress=cfg.progress)
+                    prompts=[self.prompt_text(r) for r in self.train_rows], progress=cfg.progress,
+                    add_special_tokens=not self.templated)
             folder.mkdir(parents=True, exist_ok=True)
             self.presampled.save(folder)
         if not saved:
@@ -187,6 +253,7 @@ class Trainer:
 
     def next_rows(self, n: int) -> list[dict]:
         """The next ``n`` prompts of a seeded per-epoch permutation (the data position is saved)."""
+        self._require_prompts()
         rows = []
         while len(rows) < n:
             order = np.random.RandomState(self.config.seed + 1000 * self.data_state["epoch"]).permutation(len(self.pool))
@@ -194,7 +261,7 @@ class Trainer:
             rows += [self.pool[i] for i in take]
             self.data_state["cursor"] += len(take)
             if self.data_state["cursor"] >= len(self.pool):
-                self.data_state = {"epoch": self.data_state["epoch"] + 1, "cursor": 0}
+                self.data_state.update(epoch=self.data_state["epoch"] + 1, cursor=0)
         return rows
 
     # --- one RL step -----------------------------------------------------------------------------
@@ -231,12 +298,16 @@ class Trainer:
         prompts = [self.prompt_text(r) for r in rows]
         rollout = self.engine.generate(self.tokenizer, prompts, num_generations=G,
                                        max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                                       batch_size=cfg.generation_batch_size, generator=self.generator)
+                                       batch_size=cfg.generation_batch_size, generator=self.generator,
+                                       add_special_tokens=not self.templated)
         rollout = _to_device(rollout, self.device)
         t_rollout = time.perf_counter() - t0
-        raw_rewards, reward_errors = score_completions(
-            self.reward_fns, [p for p in prompts for _ in range(G)], rollout.completions,
-            reward_columns(rows, G), fail_fast=cfg.fail_fast)
+        failures: dict[str, list[str]] = {}
+        raw_rewards, reward_errors = self.verifier.score(  # rewards see the dataset's prompts, as in TRL
+            [r["prompt"] for r in rows for _ in range(G)], rollout.completions, reward_columns(rows, G),
+            fail_fast=cfg.fail_fast, failures=failures)
+        failed_everywhere = {name: errors[0] for name, errors in failures.items() if len(errors) == len(raw_rewards)}
+        self.reward_failure_streak = {name: self.reward_failure_streak.get(name, 0) + 1 for name in failed_everywhere}
         rewards = torch.tensor(raw_rewards, dtype=torch.float32, device=self.device)  # (B,)
         mask = rollout.completion_mask.float()  # (B, T)
 
@@ -244,9 +315,9 @@ class Trainer:
         if cfg.needs_reference_model():  # online reference: the same weights with adapters off
             with reference_mode(self.policy):
                 reference_logps = self._no_grad_logps(rollout)  # (B, T)
-        if cfg.mara:  # MARA Algorithm 1 per prompt group, sequence log-probs under pi_ref
+        if cfg.mara:  # MARA Algorithm 1 per prompt group, sequence log-probs under pi_ref; beta = kl_coef
             seq_ref = (reference_logps * mask).sum(-1).view(-1, G).cpu().numpy()
-            augmented = [mara_rewards(r, s, cfg.mara_beta, cfg.mara_tau) for r, s in
+            augmented = [mara_rewards(r, s, cfg.method_kl_coef(), cfg.mara_tau) for r, s in
                          zip(rewards.view(-1, G).cpu().numpy(), seq_ref)]
             rewards = torch.tensor(np.concatenate(augmented), dtype=torch.float32, device=self.device)
         advantages = group_advantages(rewards, G, scale_by_std=cfg.scale_advantages_by_std)  # (B,)
@@ -271,7 +342,7 @@ class Trainer:
         metrics = {
             "step": self.step_index,
             "reward_mean": float(group_rewards.mean()), "reward_std": float(group_rewards.std()),
-            "solve_rate": float((group_rewards.max(1).values >= 1).float().mean()),
+            "solve_rate": float(self.verifier.is_correct(group_rewards.numpy()).any(1).mean()),
             "augmented_reward_mean": float(rewards.mean()),
             **{k: float(np.mean(v)) if v else 0.0 for k, v in stats.items()},
             "completion_length": float(mask.sum(-1).mean()),
@@ -283,12 +354,21 @@ class Trainer:
             "time_step": time.perf_counter() - t0,
         }
         self.history.append(metrics)
+        if cfg.report_to != "none":
+            acc.log(metrics, step=self.step_index)
         if acc.is_main_process:
             with open(self.output_dir / "metrics.jsonl", "a") as handle:
                 handle.write(json.dumps(metrics) + "\n")
         for callback in self.callbacks:
             callback(metrics)
-        if self.nonfinite_in_a_row >= cfg.max_nonfinite_steps:  # the step is logged first
+        for name, streak in self.reward_failure_streak.items():  # the step is logged first
+            if streak >= cfg.max_reward_error_steps:
+                raise RewardFunctionError(
+                    f"reward function `{name}` failed on every completion for {streak} steps in a row "
+                    f"(max_reward_error_steps={cfg.max_reward_error_steps}), so the run learns nothing; its "
+                    f"first error: {failed_everywhere[name]}. A reward function must return one finite number "
+                    "per completion; set fail_fast=True to see the full traceback")
+        if self.nonfinite_in_a_row >= cfg.max_nonfinite_steps:
             raise NonFiniteError(
                 f"{self.nonfinite_in_a_row} steps in a row (max_nonfinite_steps={cfg.max_nonfinite_steps}) had a "
                 "non-finite loss or gradient and were skipped; lower `lr` or `max_grad_norm` (e.g. 0.5), use "
@@ -342,11 +422,26 @@ class Trainer:
         self.scheduler.step()
         return True
 
+    def next_reference_indices(self, n: int) -> list[int]:
+        """The next ``n`` stored reference rows of a seeded per-pass permutation of the store: every
+        update rehearses fresh rows, and each row once per pass, as the release's shuffled chunks do
+        (the position is saved with ``data_state``; each DDP process takes its own pass)."""
+        size, state = len(self.presampled.store), self.data_state
+        indices: list[int] = []
+        while len(indices) < n:
+            seed = self.config.seed * 1_000_003 + 7_919 * state["reference_pass"] + self.accelerator.process_index
+            order = np.random.RandomState(seed % 2**32).permutation(size)
+            take = order[state["reference_cursor"]: state["reference_cursor"] + n - len(indices)]
+            indices += [int(i) for i in take]
+            state["reference_cursor"] += len(take)
+            if state["reference_cursor"] >= size:
+                state.update(reference_pass=state["reference_pass"] + 1, reference_cursor=0)
+        return indices
+
     def _dph_backward(self, divergence: str) -> float:
         """eta x token-mean divergence_per_token on stored pi_ref samples (DESIGN.md §1, step 2)."""
         cfg, store = self.config, self.presampled.store
-        rng = random.Random(cfg.seed * 1_000_003 + self.step_index * 101 + self.accelerator.process_index)
-        indices = [rng.randrange(len(store)) for _ in range(cfg.reference_batch_size)]
+        indices = self.next_reference_indices(cfg.reference_batch_size)
         total_tokens = sum(len(store.completion_ids[i]) for i in indices)
         value = 0.0
         for start in range(0, len(indices), cfg.micro_batch_size):
@@ -365,16 +460,24 @@ class Trainer:
     def evaluate(self, split: str = "test", base: bool = False, n: int | None = None) -> EvalResult:
         """Pass@k, greedy accuracy and distinct solutions on a held-out split (``base``: adapters off)."""
         cfg = self.config
-        rows = [dict(r, prompt=self.prompt_text(r)) for r in self.eval_rows(split)]
+        rows = self.eval_rows(split)
         kwargs = dict(n=n or cfg.eval_n, ks=cfg.eval_ks, max_new_tokens=cfg.max_new_tokens,
                       temperature=cfg.temperature, top_p=cfg.top_p, batch_size=cfg.generation_batch_size,
-                      seed=cfg.seed + 17, progress=cfg.progress and self.accelerator.is_main_process)
+                      seed=cfg.seed + 17, progress=cfg.progress and self.accelerator.is_main_process,
+                      split=split, prompts=[self.prompt_text(r) for r in rows], add_special_tokens=not self.templated)
         with self.engine.sampling_model(adapters=not base) as model:  # base: adapters off
-            return evaluate(model, self.tokenizer, rows, self.task, **kwargs)
+            return evaluate(model, self.tokenizer, rows, self.verifier, **kwargs)
 
     # --- checkpoints -----------------------------------------------------------------------------
     def save_checkpoint(self) -> Path | None:
         """Every process calls this (it gathers each one's RNG state); the main process writes."""
+        nonfinite = [n for n, p in self.policy.named_parameters() if p.requires_grad and not torch.isfinite(p).all()]
+        if nonfinite:  # never write (nor prune the good checkpoints for) weights that are NaN or inf
+            last = ckpt.latest_checkpoint(self.output_dir)
+            raise NonFiniteError(
+                f"step {self.step_index}: {len(nonfinite)} weight tensor(s) are NaN or inf (e.g. {nonfinite[0]}); "
+                f"no checkpoint written, the last good one ({last.name if last else 'none'}) is kept. Lower `lr` "
+                "or `max_grad_norm`, or use dtype='float32'")
         rng = {"python": random.getstate(), "numpy": np.random.get_state(),
                "torch": torch.get_rng_state(), "generator": self.generator.get_state()}
         rng_per_process = gather_object([rng]) if self.accelerator.num_processes > 1 else [rng]
@@ -382,13 +485,14 @@ class Trainer:
             return None
         state = {"step": self.step_index, "data_state": dict(self.data_state),
                  "nonfinite_in_a_row": self.nonfinite_in_a_row, "history": self.history,
+                 "reward_failure_streak": self.reward_failure_streak,
                  "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                  "rng_per_process": rng_per_process}
 
         def fill(folder: Path) -> None:
-            self.policy.save_pretrained(folder / "adapter")
+            self.save_adapter(folder / "adapter")
             torch.save(state, folder / "state.pt")
-            self.config.to_yaml(folder / "config.yaml")
+            dataclasses.replace(self.config, overwrite=False).to_yaml(folder / "config.yaml")
 
         path = ckpt.save_folder(self.output_dir / f"checkpoint-{self.step_index:06d}", fill,
                                 meta={"step": self.step_index, "fingerprint": self.fingerprint})
@@ -406,8 +510,10 @@ class Trainer:
         state = torch.load(folder / "state.pt", weights_only=False)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.step_index, self.data_state = state["step"], state["data_state"]
+        self.step_index = state["step"]
+        self.data_state = {"reference_pass": 0, "reference_cursor": 0, **state["data_state"]}
         self.nonfinite_in_a_row, self.history = state["nonfinite_in_a_row"], state["history"]
+        self.reward_failure_streak = state.get("reward_failure_streak", {})
         rngs, rank = state["rng_per_process"], self.accelerator.process_index
         if len(rngs) != self.accelerator.num_processes:
             warnings.warn(f"checkpoint {folder} was saved by {len(rngs)} process(es), resuming with "
@@ -417,20 +523,51 @@ class Trainer:
         np.random.set_state(rng["numpy"])
         torch.set_rng_state(rng["torch"])
         self.generator.set_state(rng["generator"])
-        if self.accelerator.is_main_process:  # metrics.jsonl = exactly the steps up to the checkpoint
+        if self.accelerator.is_main_process:  # the logs = exactly the steps up to the checkpoint, each once
             ckpt.atomic_write_text(self.output_dir / "metrics.jsonl",
                                    "".join(json.dumps(m) + "\n" for m in self.history))
+            evals = self.output_dir / "evals.jsonl"
+            if evals.exists():
+                kept = [line for line in evals.read_text().splitlines(keepends=True)
+                        if _logged_step(line) <= self.step_index]
+                ckpt.atomic_write_text(evals, "".join(kept))
 
     # --- the whole run ---------------------------------------------------------------------------
     def train(self, resume: bool = True) -> list[dict]:
-        """Pre-sample (DPH), resume from the last complete checkpoint if any, train, evaluate."""
-        cfg = self.config
-        self.output_dir.mkdir(parents=True, exist_ok=True)
+        """Pre-sample (DPH), resume from the last complete checkpoint if any, train, evaluate.
+
+        The run owns ``output_dir`` meanwhile (``run.lock``). Resuming refuses a config that changes
+        the run's mathematics (``config.resume_changes``); ``overwrite=True`` starts afresh instead."""
+        ckpt.make_folder(self.output_dir, "output_dir")
+        lock, error = None, None
+        if self.accelerator.is_main_process:  # the main process owns the folder for the whole launch
+            try:
+                lock = ckpt.lock_folder(self.output_dir)
+                self._claim_folder()
+            except ValueError as raised:
+                error = raised
+        if self.accelerator.num_processes > 1:  # DDP: every process stops, none waits for the others forever
+            error = error or next((ValueError(m) for m in gather_object([error and str(error)]) if m), None)
+        try:
+            if error is not None:
+                raise error
+            return self._train(resume)
+        finally:
+            if lock is not None:
+                ckpt.unlock_folder(lock)
+
+    def _train(self, resume: bool) -> list[dict]:
+        cfg, folder = self.config, self.output_dir
         if self.accelerator.is_main_process:
-            cfg.to_yaml(self.output_dir / "config.yaml")
-        last = ckpt.latest_checkpoint(self.output_dir) if resume else None
+            dataclasses.replace(cfg, overwrite=False).to_yaml(folder / "config.yaml")
+        if cfg.report_to != "none":
+            self.accelerator.init_trackers("dphrl-mini", config={k: v for k, v in cfg.to_dict().items()
+                                                                   if isinstance(v, (int, float, str, bool))})
+        last = self._resume_point() if resume else None
         if last is None and self.accelerator.is_main_process:
-            (self.output_dir / "metrics.jsonl").write_text("")
+            for log in ("metrics.jsonl", "evals.jsonl"):
+                (folder / log).write_text("")
+        self._require_prompts()
         self.prepare_data()
         if last is not None:
             self.load_checkpoint(last)
@@ -443,15 +580,67 @@ class Trainer:
             metrics = self.step()
             bar.update(1)
             bar.set_postfix(reward=f"{metrics['reward_mean']:.2f}", solved=f"{metrics['solve_rate']:.2f}")
-            if self.step_index % cfg.save_every == 0 or self.step_index == cfg.steps:
-                self.save_checkpoint()
+            # evaluate before saving: a checkpoint then follows its step's evaluation, so a resume
+            # neither repeats nor skips one
             if cfg.eval_every and self.step_index % cfg.eval_every == 0 and self.step_index < cfg.steps:
                 self._log_eval(self.evaluate("test", n=min(cfg.eval_n, 16)), "test", periodic=True)
+            if self.step_index % cfg.save_every == 0 or self.step_index == cfg.steps:
+                self.save_checkpoint()
         bar.close()
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
-            self.policy.save_pretrained(self.output_dir / "adapter")
+            self.save_adapter(folder / "adapter")
+        if cfg.report_to != "none":
+            self.accelerator.end_training()
         return self.history
+
+    def _claim_folder(self) -> None:
+        """Main process, holding the lock: start afresh (``overwrite``) or check that the folder's run
+        is this config's, then remove what killed saves and prunes left behind."""
+        cfg, folder = self.config, self.output_dir
+        if cfg.overwrite:
+            removed = sorted({p.name for pattern in RUN_FILES for p in folder.glob(pattern)})
+            for name in removed:
+                if (folder / name).is_dir():
+                    shutil.rmtree(folder / name)
+                else:
+                    (folder / name).unlink()
+            if removed:
+                warnings.warn(f"overwrite=True: deleted the previous run's files in {folder}: {', '.join(removed)}")
+        elif (folder / "config.yaml").exists():
+            saved = yaml.safe_load((folder / "config.yaml").read_text()) or {}
+            refused, allowed = resume_changes(saved, cfg)
+            if refused:
+                raise ValueError(
+                    f"output_dir {folder} holds a run made with another config, which cannot be resumed with: "
+                    f"{'; '.join(refused)}. To start fresh, use another output_dir or pass --overwrite "
+                    "(overwrite=True), which deletes that run's checkpoints and logs")
+            if allowed:
+                warnings.warn(f"resuming {folder} with changed settings: {'; '.join(allowed)}")
+        leftovers = ckpt.remove_leftovers(folder)
+        if leftovers:
+            warnings.warn(f"removed debris of interrupted saves or prunes, and incomplete checkpoints older than "
+                          f"the newest complete one, in {folder}: {', '.join(leftovers)}")
+
+    def _resume_point(self) -> Path | None:
+        """The newest usable checkpoint; every newer one skipped is named with the reason."""
+        skipped = []
+        for folder in reversed(ckpt.checkpoint_folders(self.output_dir)):
+            problem = ckpt.checkpoint_problem(folder) or _nonfinite_weights(folder / "adapter" / "adapter_model.safetensors")
+            if problem is None:
+                if skipped and self.accelerator.is_main_process:
+                    warnings.warn(f"resuming from {folder.name} at step {int(folder.name.split('-')[1])}; "
+                                  f"skipped {'; '.join(skipped)}")
+                return folder
+            skipped.append(f"{folder.name} because {problem}")
+        if skipped and self.accelerator.is_main_process:
+            warnings.warn(f"no usable checkpoint in {self.output_dir}: starting again from step 0; "
+                          f"skipped {'; '.join(skipped)}")
+        return None
+
+    def save_adapter(self, folder: str | Path) -> None:
+        """The LoRA adapter with its tokenizer and a model card (models.save_adapter)."""
+        save_adapter(self.policy, self.tokenizer, folder, self.config.to_dict())
 
     def _log_eval(self, result: EvalResult, split: str, periodic: bool = False) -> dict:
         summary = {"step": self.step_index, "split": split, **result.summary(self.config.eval_ks if not periodic else None)}

@@ -95,9 +95,9 @@ def test_solver_is_complete_on_brute_force():
 
 
 def test_datasets_deterministic_disjoint_and_well_formed():
-    train = cd.make_dataset("train", 4000, seed=1)
-    assert train == cd.make_dataset("train", 4000, seed=1)
-    assert train != cd.make_dataset("train", 4000, seed=2)
+    train = cd.make_dataset("train", 3000, seed=1)
+    assert train == cd.make_dataset("train", 3000, seed=1)
+    assert train != cd.make_dataset("train", 3000, seed=2)
     test = cd.make_dataset("test", 500, seed=1)
     key = lambda r: (tuple(r["numbers"]), r["target"])  # noqa: E731
     assert not {key(r) for r in train} & {key(r) for r in test}
@@ -107,7 +107,8 @@ def test_datasets_deterministic_disjoint_and_well_formed():
     assert len({r["id"] for r in train}) == len(train)
     ood = cd.make_dataset("ood", 300, seed=0)
     for row in train + test + ood:
-        assert set(row) == {"id", "prompt", "numbers", "target"}
+        assert set(row) == {"id", "prompt", "numbers", "target", "difficulty"}
+        assert row["difficulty"] == cd.difficulty(row["numbers"], row["target"])
         assert len(row["prompt"]) < 40 and all(ch in string.printable[:95] for ch in row["prompt"])
         assert row["prompt"] == cd.format_prompt(row["numbers"], row["target"])
         assert all(n in cd.IN_RANGE for n in row["numbers"])
@@ -119,6 +120,20 @@ def test_datasets_deterministic_disjoint_and_well_formed():
         cd.make_dataset("valid", 3)
     with pytest.raises(ValueError):
         cd.make_dataset("test", 10**6)
+
+
+def test_difficulty_mix():
+    """train/test rows follow DIFFICULTY_MIX exactly; easy = sum, moderate = no parentheses/division."""
+    rows = cd.make_dataset("test", 250, seed=3)
+    counts = {d: sum(r["difficulty"] == d for r in rows) for d in cd.DIFFICULTIES}
+    assert counts == {"easy": 100, "moderate": 100, "hard": 50}
+    for r in rows:
+        found = cd.solutions(r["numbers"], r["target"])
+        plain = [s for s in found if "(" not in s and "/" not in s]
+        assert (r["difficulty"] == "easy") == (sum(r["numbers"]) == r["target"])
+        assert (r["difficulty"] == "hard") == (not plain)
+    with pytest.raises(ValueError, match="easy problems"):
+        cd.make_dataset("train", 4000)  # 40% easy is more than the split holds
 
 
 def test_sft_examples_draw_different_solutions():

@@ -28,6 +28,8 @@ def _sample(fn, seed=3, **kw):
 
 def test_resolve_engine():
     assert resolve_engine("auto", "cpu") == "merged"
+    assert resolve_engine("auto", "cuda") == "merged"  # static is opt-in until checked on a GPU
+    assert resolve_engine("static", "cuda") == "static"
     assert resolve_engine("static", "cpu") == "merged"
     assert resolve_engine("plain", "cpu") == "plain"
     with pytest.raises(ValueError):
@@ -116,6 +118,7 @@ def test_gumbel_sampler_distribution():
     assert set(top.tolist()) <= {0, 1}  # top-p 0.5 keeps the smallest prefix with mass >= 0.5
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA-graph decode path needs a GPU (not yet measured)")
 def test_static_cuda_graph_path():
     model, tok = load_policy("tiny", lora_rank=8, device="cuda")

@@ -171,3 +171,18 @@ def test_evaluate_counts_reward_errors(tiny):
     rows = [{"id": "a", "prompt": "1 ->"}, {"id": "b", "prompt": "2 ->"}]
     result = evaluate(model, tokenizer, rows, task, n=64, max_new_tokens=2, greedy=False, progress=False)
     assert result.reward_errors > 0 and sum(result.correct) > 0
+
+
+def test_near_perfect_split_of_held_out_prompts():
+    """The released rule (4 of 4 correct) applied to the base model's own n samples: C(c,4)/C(n,4) >= 1/2."""
+    from dphrl_mini.experiments import difficulty_rows, near_perfect_ids
+
+    base = EvalResult(task="countdown", split="test", ids=["a", "b", "c"], n=8, correct=[8, 7, 1],
+                      distinct_keys=[{"x"}, {"y"}, {"z"}], greedy_correct=[True, True, False])
+    # C(7,4)/C(8,4) = 35/70 = 0.5 -> near-perfect; C(1,4) = 0 -> exploration
+    assert near_perfect_ids(base) == {"a", "b"}
+    other = EvalResult(task="countdown", split="test", ids=["a", "b", "c"], n=8, correct=[8, 0, 4],
+                       distinct_keys=[{"x"}, set(), {"z", "w"}], greedy_correct=[True, False, True])
+    rows = {r["split"]: r for r in difficulty_rows("grpo", 0, {"test": other}, {"test": base}, ks=[1, 8])}
+    assert rows["test:near-perfect"]["pass@1"] == 0.5 and rows["test:near-perfect"]["kept_frac"] == 0.5
+    assert rows["test:exploration"]["pass@1"] == 0.5 and rows["test:exploration"]["distinct_correct"] == 2

@@ -160,3 +160,50 @@ def test_sql_random_text(db, query):
 def test_report_counts():
     print(f"\nhostile inputs tried: {TRIED}")
     assert TRIED["countdown"] >= len(HOSTILE_EXPRESSIONS) and TRIED["sql"] >= len(HOSTILE_SQL)
+
+
+# ---------------------------------------------------------------- SQL sandbox: encoding and memory
+def test_lone_surrogate_is_an_error_verdict(db):
+    with pytest.raises(sql.SandboxError, match="UTF-8"):
+        sql.run_query(db[0], "SELECT name FROM customers WHERE name='\ud800'")
+    assert not _check_sql(db, "SELECT '\udfff'")
+
+
+MEMORY_HOG = ("SELECT replace(replace(replace(replace(a.city||'xxxxxxxxxx','x','xxxxxxxxxx'),'x','xxxxxxxxxx'),"
+              "'x','xxxxxxxxxx'),'x','xxxxxxxxxx')||b.name s FROM customers a,customers b,customers c,customers d "
+              "ORDER BY s")  # 100 KB strings over a 4-way cross join, sorted: ~1 GB a second without a cap
+PEAK_SCRIPT = """
+import json, resource, sys
+from dphrl_mini.tasks import sql
+path = sys.argv[1]
+sql.run_query(path, "SELECT 1")
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+try:
+    sql.run_query(path, sys.argv[2], timeout_s=5.0)
+    verdict = "ran"
+except sql.SandboxError as error:
+    verdict = str(error)
+except Exception as error:
+    verdict = type(error).__name__
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"verdict": verdict, "before_mb": before / 1024, "after_mb": after / 1024,
+                  "match": sql.execution_match(path, sys.argv[2], "SELECT name FROM customers")}))
+"""
+
+
+def test_sql_memory_is_capped(db):
+    """Peak RSS of a process that runs the query: bounded by the heap cap, not by the time limit."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    out = subprocess.run([sys.executable, "-c", PEAK_SCRIPT, db[0], MEMORY_HOG], capture_output=True, text=True,
+                         env=env, timeout=120, check=True)
+    peak = json.loads(out.stdout)
+    print(f"\npeak RSS {peak['before_mb']:.0f} MB -> {peak['after_mb']:.0f} MB: {peak['verdict']}")
+    assert peak["verdict"].startswith("out of memory") and not peak["match"]
+    assert peak["after_mb"] - peak["before_mb"] < 2 * sql.HEAP_LIMIT_BYTES / 2**20

@@ -75,3 +75,23 @@ def test_registry():
     assert set(TASKS) == {"countdown", "sql", "math"} and get_task("math") is mt
     with pytest.raises(ValueError, match="countdown"):
         get_task("chess")
+
+
+@pytest.mark.parametrize("lines, message", [
+    ('{"question": "q", "answer": "1"}\n{"question": "q2"}', "line 2: field `answer` is missing"),
+    ('{"answer": "1"}', "line 1: field `question` \\(or `prompt`\\) is missing"),
+    ('{"question": 7, "answer": "1"}', "line 1: field `question`=7 must be a non-empty string"),
+    ('{"prompt": null, "answer": "1"}', "line 1: field `prompt`=None must be a non-empty string"),
+    ('{"question": "q", "answer": null}', "line 1: field `answer` is null"),
+    ('{"question": "q", "answer": "1"}\n\n{"question": "q2", "ans', "line 3: not valid JSON"),
+])
+def test_bad_jsonl_rows_name_file_line_and_field(tmp_path, lines, message):
+    path = tmp_path / "data.jsonl"
+    path.write_text(lines + "\n")
+    with pytest.raises(ValueError, match=f"data.jsonl {message}"):
+        mt.make_dataset("train", 4, source=str(path))
+
+
+def test_missing_jsonl_file_is_one_line(tmp_path):
+    with pytest.raises(ValueError, match="task_source '.*nowhere.jsonl': no such file"):
+        mt.load_dataset_rows(str(tmp_path / "nowhere.jsonl"))

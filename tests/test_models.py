@@ -157,3 +157,36 @@ def test_tiny_name_resolves_to_the_builtin_model(batch):
     out = model.generate(**tokenizer(["3 5 7 -> 22:"], return_tensors="pt"), max_new_tokens=8,
                          do_sample=False, pad_token_id=tokenizer.pad_token_id)
     assert out.shape[1] > 5
+
+
+def test_target_modules_as_the_command_line_gives_them(tiny_dir):
+    """``--lora-target-modules all-linear`` arrives as a one-item list; ``q_proj,v_proj`` as one string."""
+    from dphrl_mini.cli import build_parser, config_from_args
+    from dphrl_mini.models import check_target_modules
+
+    model = LlamaForCausalLM.from_pretrained(tiny_dir)
+    for given, expected in [("all-linear", "all-linear"), ("q_proj,v_proj", ["q_proj", "v_proj"])]:
+        cfg = config_from_args(build_parser().parse_args(["train", "--lora-target-modules", given]))
+        assert check_target_modules(model, cfg.lora_target_modules) == expected
+
+
+def test_auto_dtype_on_a_gpu_without_native_bf16_is_float32(monkeypatch, caplog):
+    from dphrl_mini import models
+
+    cuda = torch.device("cuda")
+    monkeypatch.setattr(models, "cuda_has_native_bf16", lambda device: True)
+    assert models.resolve_dtype("auto", cuda) == torch.bfloat16
+    monkeypatch.setattr(models, "cuda_has_native_bf16", lambda device: False)  # e.g. a T4
+    assert models.resolve_dtype("auto", cuda) == torch.float32
+    assert "no native bfloat16; computing in float32" in caplog.text
+    assert models.resolve_dtype("bfloat16", cuda) == torch.bfloat16  # an explicit choice is kept
+
+
+def test_local_model_paths_resolve_absolute_and_missing_ones_fail(tiny_dir, monkeypatch):
+    from dphrl_mini.models import resolve_model_path
+
+    monkeypatch.chdir(tiny_dir.parent)
+    assert resolve_model_path(tiny_dir.name) == str(tiny_dir.resolve())
+    assert resolve_model_path("Qwen/Qwen2.5-0.5B-Instruct") == "Qwen/Qwen2.5-0.5B-Instruct"
+    with pytest.raises(ValueError, match="no such folder"):
+        resolve_model_path("models/qwen/checkpoint")

@@ -312,3 +312,158 @@ def test_trainer_refuses_a_foreign_presample(tmp_path):
     PresampleResult({r["id"]: 0.0 for r in trainer.train_rows}, trainer.train_rows, [], store, 4, 0.0).save(tmp_path)
     with pytest.raises(ValueError, match="fingerprint 0123456789abcdef"):
         trainer.prepare_data()
+
+
+# --- (f) no hangs, no silent non-learning, no silent drift, one run per folder ---------------------
+@pytest.fixture
+def no_hang():
+    """Fail (instead of hanging the suite) when the guarded code runs past 60 s."""
+    def timeout(*_):
+        raise TimeoutError("hung for 60 s")
+
+    previous = signal.signal(signal.SIGALRM, timeout)
+    signal.alarm(60)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
+def test_empty_dataset_stops_at_once(tmp_path, no_hang):
+    data = tmp_path / "empty.jsonl"
+    data.write_text("\n")
+    with pytest.raises(ValueError, match="training dataset .*empty.jsonl \\(train\\) has 0 usable prompts"):
+        Trainer(tiny_config(tmp_path / "run", task="math", task_source=str(data), method="grpo")).train()
+
+
+def always_raises(prompts, completions, **_):
+    return [1 / 0 for _ in completions]
+
+
+def always_none(prompts, completions, **_):
+    return [None] * len(completions)
+
+
+@pytest.mark.parametrize("reward,first_error", [(always_raises, "ZeroDivisionError: division by zero"),
+                                                (always_none, "RewardError: reward None is not a number")])
+def test_a_reward_that_always_fails_stops_the_run(tmp_path, reward, first_error):
+    trainer = Trainer(tiny_config(tmp_path, method="grpo", steps=6), reward_fns=[reward])
+    with pytest.raises(ValueError, match=f"reward function `{reward.__name__}` failed on every completion for 3 steps "
+                                         f"in a row .*first error: {first_error}"):
+        trainer.train()
+    logged = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in logged] == [1, 2, 3]  # the failing steps are logged, then the run stops
+
+
+def test_resume_refuses_another_config_and_overwrite_starts_fresh(tmp_path):
+    Trainer(tiny_config(tmp_path, method="grpo", steps=2, save_every=1)).train()
+    saved = (tmp_path / "config.yaml").read_text()
+    changed = Trainer(tiny_config(tmp_path, method="dapo", steps=3, lr=1e-3, lora_rank=4, save_every=1))
+    with pytest.raises(ValueError, match="another config.*lora_rank: 16 -> 4; method: 'grpo' -> 'dapo'; "
+                                         "lr: 0.01 -> 0.001.*another output_dir or pass --overwrite"):
+        changed.train()
+    with pytest.raises(ValueError, match="steps: 2 -> 1 \\(fewer steps\\)"):
+        Trainer(tiny_config(tmp_path, method="grpo", steps=1)).train()
+    assert (tmp_path / "config.yaml").read_text() == saved
+    extended = Trainer(tiny_config(tmp_path, method="grpo", steps=3, save_every=1, eval_n=2, eval_ks=[1, 2]))
+    with pytest.warns(UserWarning, match="changed settings: steps: 2 -> 3; eval_n: 4 -> 2; eval_ks"):
+        history = extended.train()
+    assert [m["step"] for m in history] == [1, 2, 3]
+    fresh = Trainer(tiny_config(tmp_path, method="dapo", steps=1, overwrite=True))
+    with pytest.warns(UserWarning, match="overwrite=True: deleted .*checkpoint-000003.*metrics.jsonl"):
+        assert [m["step"] for m in fresh.train()] == [1]
+    assert "method: dapo" in (tmp_path / "config.yaml").read_text()
+    assert [p.name for p in ckpt.checkpoint_folders(tmp_path)] == ["checkpoint-000001"]
+
+
+def test_a_run_owns_its_folder(tmp_path):
+    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) as other:
+        try:
+            (tmp_path / ckpt.LOCK).write_text(json.dumps({"pid": other.pid, "host": __import__("socket").gethostname()}))
+            with pytest.raises(ValueError, match=f"in use by another run \\(pid {other.pid}"):
+                Trainer(tiny_config(tmp_path, method="grpo", steps=1)).train()
+            assert not (tmp_path / "metrics.jsonl").exists()
+        finally:
+            other.kill()
+    with pytest.warns(UserWarning, match="taking over the lock"):  # its process is gone now
+        Trainer(tiny_config(tmp_path, method="grpo", steps=1)).train()
+    assert not (tmp_path / ckpt.LOCK).exists()  # released at the end
+
+
+def test_periodic_evals_are_logged_once_after_a_resume(tmp_path):
+    config = tiny_config(tmp_path, method="grpo", steps=4, save_every=2, eval_every=1)
+    Trainer(config).train()
+    evals = [json.loads(x)["step"] for x in (tmp_path / "evals.jsonl").read_text().splitlines()]
+    assert evals == [1, 2, 3]
+    ckpt._delete(tmp_path / "checkpoint-000004")  # as if killed after step 3's evaluation
+    Trainer(config).train()
+    evals = [json.loads(x)["step"] for x in (tmp_path / "evals.jsonl").read_text().splitlines()]
+    assert evals == [1, 2, 3]
+    assert [json.loads(x)["step"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
+
+
+def test_corrupt_presample_files_say_which_and_how_to_rebuild(tmp_path):
+    Trainer(tiny_config(tmp_path, method="dph_js", steps=1)).train()
+    rows = Trainer(tiny_config(tmp_path / "x")).train_rows
+    store = tmp_path / "reference_store.pt"
+    store.write_bytes(store.read_bytes()[:50])  # truncated, and its sidecar gone
+    (tmp_path / "reference_store.pt.sha256").unlink()
+    with pytest.raises(ValueError, match="reference_store.pt is corrupt \\(its checksum file .* is missing\\); "
+                                         "re-run presample"):
+        PresampleResult.load(tmp_path, rows)
+    split = tmp_path / "presample.json"
+    split.write_text(split.read_text()[:40])
+    with pytest.raises(ValueError, match="presample.json is corrupt \\(not valid JSON.*re-run presample"):
+        PresampleResult.load(tmp_path, rows)
+
+
+def test_bad_rows_and_output_dir_are_one_line_errors(tmp_path, monkeypatch):
+    from dphrl_mini.tasks import countdown
+
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(ValueError, match="`output_dir`=.*a_file' is a file"):
+        Trainer(tiny_config(tmp_path / "a_file", method="grpo")).train()
+    real = countdown.make_dataset
+    for change, message in [(dict(target=float("inf")), "row 1: field `target`=inf must be an integer"),
+                            (dict(target=2.5), "row 1: field `target`=2.5 must be an integer"),
+                            (dict(prompt=None), "row 1: field `prompt`=None must be a non-empty string"),
+                            (dict(prompt=3), "row 1: field `prompt`=3 must be a non-empty string")]:
+        monkeypatch.setattr(countdown, "make_dataset",
+                            lambda split, n, seed=0: [row if i != 1 else {**row, **change}
+                                                      for i, row in enumerate(real(split, n, seed))])
+        with pytest.raises(ValueError, match=f"built-in countdown train split {message}"):
+            Trainer(tiny_config(tmp_path / "run"))
+    monkeypatch.setattr(countdown, "make_dataset", lambda split, n, seed=0: [{"id": "x", "numbers": [1], "target": 1}])
+    with pytest.raises(ValueError, match="row 0: field `prompt` is missing"):
+        Trainer(tiny_config(tmp_path / "run"))
+
+
+def test_nonfinite_weights_are_never_checkpointed_nor_resumed(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    trainer = Trainer(tiny_config(tmp_path, method="grpo", steps=2, save_every=1))
+    trainer.train()
+    with torch.no_grad():
+        next(p for p in trainer.policy.parameters() if p.requires_grad).fill_(float("nan"))
+    with pytest.raises(NonFiniteError, match="NaN or inf.*no checkpoint written, the last good one "
+                                             "\\(checkpoint-000002\\) is kept"):
+        trainer.save_checkpoint()
+    assert [p.name for p in ckpt.checkpoints(tmp_path)] == ["checkpoint-000001", "checkpoint-000002"]
+    # a NaN checkpoint written by an older version: skipped, with the reason, on resume
+    adapter = tmp_path / "checkpoint-000002" / "adapter" / "adapter_model.safetensors"
+    weights = load_file(adapter)
+    save_file({k: v * float("nan") for k, v in weights.items()}, adapter)
+    ckpt.write_manifest(tmp_path / "checkpoint-000002")
+    resumed = Trainer(tiny_config(tmp_path, method="grpo", steps=2, save_every=1))
+    with pytest.warns(UserWarning, match="resuming from checkpoint-000001 at step 1; skipped checkpoint-000002 "
+                                         "because its adapter weights are NaN or inf"):
+        assert [m["step"] for m in resumed.train()] == [1, 2]
+    for name in ckpt.checkpoints(tmp_path):
+        assert all(torch.isfinite(t).all() for t in load_file(name / "adapter" / "adapter_model.safetensors").values())
+
+
+def test_resume_says_which_checkpoint_it_skipped(tmp_path):
+    Trainer(tiny_config(tmp_path, method="grpo", steps=1, save_every=1)).train()
+    (tmp_path / "checkpoint-000001" / "state.pt").write_bytes(b"flipped")
+    with pytest.warns(UserWarning, match="no usable checkpoint .*starting again from step 0; skipped "
+                                         "checkpoint-000001 because state.pt does not match its checksum"):
+        Trainer(tiny_config(tmp_path, method="grpo", steps=1, save_every=1)).train()

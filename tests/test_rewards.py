@@ -64,3 +64,17 @@ def test_with_real_task_reward_and_hostile_completions():
     columns = {"numbers": [rows[0]["numbers"]] * 5, "target": [rows[0]["target"]] * 5, "id": ["a"] * 5}
     rewards, errors = score_completions([countdown.reward], ["p"] * 5, completions, columns)
     assert rewards.tolist() == [1.0, 0.0, 0.0, 0.0, 1.0] and errors == 0
+
+
+def test_failures_are_reported_by_function_name():
+    def fine(prompts, completions, **_):
+        return [1.0] * len(completions)
+
+    def always_none(prompts, completions, **_):
+        return [None] * len(completions)
+
+    failures: dict = {}
+    rewards, n_errors = score_completions([fine, always_none], ["p"] * 3, ["a", "b", "c"], {}, failures=failures)
+    assert list(rewards) == [1.0] * 3 and n_errors == 3
+    assert list(failures) == ["test_failures_are_reported_by_function_name.<locals>.always_none"]
+    assert failures[list(failures)[0]] == ["RewardError: reward None is not a number"] * 3

@@ -7,6 +7,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from dphrl_mini import tiny
+from dphrl_mini.evaluate import evaluate
 from dphrl_mini.tasks import countdown
 
 TEXT = "3 5 7 -> 22:(7+5)*3-14\n ~{}|"
@@ -71,11 +72,19 @@ def test_committed_checkpoint_is_broad():
     """Sampling at temperature 1 finds correct countdown answers, and different ones per prompt."""
     path = tiny.tiny_model_path()
     tokenizer, model = AutoTokenizer.from_pretrained(path), AutoModelForCausalLM.from_pretrained(path).eval()
-    rows = countdown.make_dataset("test", 8, seed=1)
-    metrics = tiny.sample_metrics(model, tokenizer, countdown, rows, n=32, max_new_tokens=20)
+    rows = countdown.make_dataset("test", 10, seed=1)
+    metrics = evaluate(model, tokenizer, rows, countdown, n=32, max_new_tokens=20, greedy=False, progress=False).summary()
     assert 0.02 < metrics["pass@1"] < 0.9  # some skill, not collapsed onto one answer
     assert metrics["pass@32"] > metrics["pass@1"]
     assert metrics["distinct_correct"] > 1.0
+
+
+def test_figures_table_marks_targets():
+    table = tiny.figures_table({"countdown/test": {"pass@1": 0.2, "pass@64": 0.97, "distinct_correct": 3.5},
+                                "sql/train": {"near-perfect 4/4": 0.05}})
+    assert "| countdown/test | pass@1 | 0.200 | 0.3-0.5 | **missed** |" in table
+    assert "| countdown/test | pass@64 | 0.970 | >= 0.95 | met |" in table
+    assert "| sql/train | near-perfect 4/4 | 0.050 | report | |" in table
 
 
 @pytest.mark.slow

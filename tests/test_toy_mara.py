@@ -129,3 +129,23 @@ def test_mara_target_validation():
         mara_target([0.0, 1.0], [0.5, 0.6], 0.1, 0.5)
     with pytest.raises(ValueError, match="divergence"):
         mara_target([0.0, 1.0], [0.5, 0.5], 0.1, 0.5, "tv")
+
+
+def test_mara_rewards_without_their_kl_collapse_onto_the_rarest_good_arm():
+    """MARA's beta is the KL coefficient (papers/mara.md): the augmented rewards give the uniform
+    target only inside E[R_bar] - beta KL with the same beta. Smaller KL tilts toward low-pi_ref
+    good arms; no KL (GRPO + MARA rewards) is the argmax of R_bar, the lowest-pi_ref good arm."""
+    r, ref, beta = [0.0, 1.0, 1.0, 1.0], [0.5, 0.3, 0.15, 0.05], 0.05
+    np.testing.assert_allclose(mara_rewards(r, np.log(ref), beta, 1.0), [0, 1, 1 + beta * np.log(2), 1 + beta * np.log(6)])
+    np.testing.assert_allclose(mara_target(r, ref, beta, 1.0, kl_beta=beta), mara_target(r, ref, beta, 1.0), atol=1e-12)
+    np.testing.assert_allclose(mara_target(r, ref, beta, 1.0), [0, 1 / 3, 1 / 3, 1 / 3], atol=1e-6)
+    # KL at 0.01: Gibbs of R_bar with beta' = 0.01, computed directly
+    rbar = mara_rewards(r, np.log(ref), beta, 1.0)
+    gibbs = np.array(ref) * np.exp(rbar / 0.01)
+    np.testing.assert_allclose(mara_target(r, ref, beta, 1.0, kl_beta=0.01), gibbs / gibbs.sum(), atol=1e-12)
+    np.testing.assert_allclose(mara_target(r, ref, beta, 1.0, kl_beta=0.01), [0, 0.001, 0.012, 0.987], atol=1e-3)
+    np.testing.assert_allclose(mara_target(r, ref, beta, 1.0, kl_beta=0.0), [0, 0, 0, 1])
+    with pytest.raises(ValueError, match="variant 1"):
+        mara_target(r, ref, beta, 1.0, variant=2, kl_beta=0.0)
+    with pytest.raises(ValueError, match="kl_beta"):
+        mara_target(r, ref, beta, 1.0, kl_beta=-1.0)

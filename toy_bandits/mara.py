@@ -1,7 +1,8 @@
 """Mode Anchored Reward Augmentation (MARA notes §2; DESIGN.md §1 "MARA").
 
 * ``mara_rewards``: Algorithm 1 (and 2) on one batch of sampled rewards and reference log-probs.
-* ``mara_target``: the exact target after augmentation over the whole arm set (MARA Eq. 11).
+* ``mara_target``: the exact target after augmentation over the whole arm set (MARA Eq. 11), and
+  with ``kl_beta`` the target of a mismatched pairing (e.g. MARA's rewards without its KL term).
 * ``crossover_beta``: the beta at which two good modes are equally likely (MARA Eq. 10).
 
 Algorithm 1: the anchor z is the sample with the highest reference log-prob among those with
@@ -74,18 +75,29 @@ def mara_rewards(rewards, reference_logprobs, beta: float, tau: float, variant: 
 
 
 def mara_target(rewards, reference, beta, tau: float, divergence: str = "reverse_kl",
-                alpha: float = 0.5, variant: int = 1) -> np.ndarray:
+                alpha: float = 0.5, variant: int = 1, kl_beta=None) -> np.ndarray:
     """Exact target of MARA over the full arm set (MARA Eq. 11; App. B.7-B.8).
 
     Same arguments and output shape as ``optimal_policy`` plus tau and variant (1 or 2).
+    ``kl_beta`` is the KL coefficient of the objective the augmented rewards sit in. MARA defines
+    it as ``beta`` itself (None, the default): that pairing is what makes the target uniform.
+    Any other value shows what a mismatched pairing does (variant 1 only); ``kl_beta=0`` is "MARA's
+    rewards without its KL" (e.g. GRPO with augmented rewards), whose maximizer of E[R_bar] puts all
+    mass on the good arm with the *lowest* pi_ref (papers/mara.md, "MARA's beta is the KL coefficient").
 
     >>> mara_target([0.0, 1.0, 1.0], [0.68, 0.30, 0.02], 0.05, 1.0).round(3)
     array([0. , 0.5, 0.5])
+    >>> mara_target([0.0, 1.0, 1.0, 1.0], [0.5, 0.3, 0.15, 0.05], 0.05, 1.0, kl_beta=0.0)
+    array([0., 0., 0., 1.])
     """
     _check_common(beta, tau, variant)
     r = as_rewards(rewards)
     p = as_reference(reference, r.size)
     betas, scalar = as_beta(beta)
+    if kl_beta is not None:
+        if variant != 1:
+            raise ValueError("kl_beta applies to variant 1 only (variant 2 rewrites the KL term itself)")
+        return _mismatched_target(r, p, betas, scalar, tau, float(kl_beta), divergence, alpha)
     good = (r >= tau) & (p > 0)
     if not good.any():
         pi = kkt_policy(r[None, :], p, betas, divergence, alpha)
@@ -100,6 +112,28 @@ def mara_target(rewards, reference, beta, tau: float, divergence: str = "reverse
         rbar = np.where(good, r[z], r)
         refbar = np.where(good, p[z], p)                       # unnormalized KL weights
         pi = kkt_policy(rbar[None, :], refbar, betas, divergence, alpha)
+    return pi[0] if scalar else pi
+
+
+def _mismatched_target(r, p, betas, scalar, tau, kl_beta, divergence, alpha) -> np.ndarray:
+    """Algorithm 1's rewards (with each ``beta``) inside an objective whose KL coefficient is
+    ``kl_beta``; ``kl_beta=0``: the argmax of E[R_bar], ties shared equally."""
+    if not (np.isfinite(kl_beta) and kl_beta >= 0):
+        raise ValueError(f"kl_beta={kl_beta!r} must be a finite number >= 0")
+    good = (r >= tau) & (p > 0)
+    rows = []
+    for b in betas:
+        rbar = r.copy()
+        if good.any():
+            z = np.flatnonzero(good)[np.argmax(p[good])]
+            rbar[good] = r[z] + b * (np.log(p[z]) - np.log(p[good]))
+        if kl_beta > 0:
+            rows.append(kkt_policy(rbar[None, :], p, np.array([kl_beta]), divergence, alpha)[0])
+        else:
+            on = p > 0
+            best = on & np.isclose(rbar, rbar[on].max(), rtol=0, atol=1e-12)
+            rows.append(best / best.sum())
+    pi = np.array(rows)
     return pi[0] if scalar else pi
 
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 from types import ModuleType
 
 from . import countdown, math, sql
+from .rows import validate_rows
+
+__all__ = ["TASKS", "get_task", "validate_rows"]
 
 TASKS: dict[str, ModuleType] = {"countdown": countdown, "sql": sql, "math": math}
 
@@ -14,3 +17,4 @@ def get_task(name: str) -> ModuleType:
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; choose one of {sorted(TASKS)}")
     return TASKS[name]
+

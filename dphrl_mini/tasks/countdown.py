@@ -19,7 +19,13 @@ target; a completion is a bare expression such as ``3*5+7``.
 * **Splits.** "train" (~7,500 problems) and "test" (~1,900) draw three numbers from 1..20 and a
   target in 1..100 reached by at least ``MIN_SOLUTIONS`` distinct expressions; a problem (sorted
   numbers, target) belongs to one split by a fixed hash, so train and test never share a problem
-  whatever the seed. "ood" (a shift in difficulty, ~6,900 problems): the same number and target
+  whatever the seed.
+* **Difficulty** (``difficulty``), a mix as BIRD has (simple / moderate / challenging): "easy" when
+  the target is the sum of the numbers, "moderate" when some solution needs neither parentheses nor
+  division (``3*5+7``), "hard" otherwise. "train" and "test" rows are drawn in the fixed proportions
+  ``DIFFICULTY_MIX`` (the raw pools are 16% / 67% / 17%), so that a small model both solves some
+  prompts almost always (DPH-RL's near-perfect set) and leaves others to explore; every row carries
+  its ``difficulty``. "ood" (a shift in difficulty, ~6,900 problems): the same number and target
   ranges, but targets reached by only 1 to ``MIN_SOLUTIONS - 1`` distinct expressions, a kind of
   problem no training problem is. (Numbers outside 1..20 are no fair shift for the built-in
   character-level model: nothing it was trained on teaches it to use them, so every method scores 0.)
@@ -33,6 +39,7 @@ import random
 from fractions import Fraction
 from functools import lru_cache
 
+from .rows import check_field
 from .answers import extract_answer
 
 NAME = "countdown"
@@ -44,6 +51,9 @@ MIN_SOLUTIONS = 4
 TARGET_RANGE = (1, 100)
 IN_RANGE = range(1, 21)
 TEST_FRACTION = 0.2
+DIFFICULTIES = ("easy", "moderate", "hard")
+DIFFICULTY_MIX = {"easy": 0.4, "moderate": 0.4, "hard": 0.2}
+"""Share of each difficulty in "train" and "test" rows ("ood" keeps its natural mix)."""
 
 _PREC = {"+": 1, "-": 1, "*": 2, "/": 2}
 
@@ -244,14 +254,28 @@ def solutions(numbers: list[int], target: int, max_solutions: int | None = None)
     return found[:max_solutions] if max_solutions is not None else found
 
 
+def difficulty(numbers: list[int] | tuple[int, ...], target: int) -> str:
+    """"easy" (target = sum of the numbers), "moderate" (some solution has no parentheses and no
+    division) or "hard".
+
+    >>> difficulty([3, 5, 7], 15), difficulty([3, 5, 7], 22), difficulty([3, 5, 7], 56)
+    ('easy', 'moderate', 'hard')
+    """
+    if sum(numbers) == target:
+        return "easy"
+    if any("(" not in s and "/" not in s for s in solutions(list(numbers), target)):
+        return "moderate"
+    return "hard"
+
+
 def _split_of(numbers: tuple[int, ...], target: int) -> str:
     digest = hashlib.sha256(f"{numbers}->{target}".encode()).digest()
     return "test" if digest[0] < 256 * TEST_FRACTION else "train"
 
 
 @lru_cache(maxsize=4)
-def _problems(split: str) -> tuple[tuple[tuple[int, ...], int, int], ...]:
-    """Every (sorted numbers, target, number of solutions) of a split, in a fixed order."""
+def _problems(split: str) -> tuple[tuple[tuple[int, ...], int, int, str], ...]:
+    """Every (sorted numbers, target, number of solutions, difficulty) of a split, in a fixed order."""
     lo, hi = TARGET_RANGE
     problems = []
     for nums in itertools.combinations_with_replacement(IN_RANGE, 3):
@@ -262,7 +286,7 @@ def _problems(split: str) -> tuple[tuple[tuple[int, ...], int, int], ...]:
         for target, count in sorted(counts.items()):
             sparse = count < MIN_SOLUTIONS  # the ood split; train/test need many correct answers
             if sparse if split == "ood" else (not sparse and _split_of(nums, target) == split):
-                problems.append((nums, target, count))
+                problems.append((nums, target, count, difficulty(nums, target)))
     return tuple(problems)
 
 
@@ -271,21 +295,43 @@ def format_prompt(numbers: list[int], target: int) -> str:
     return f"{' '.join(map(str, numbers))} -> {target}:"
 
 
-def make_dataset(split: str, n: int, seed: int = 0) -> list[dict]:
+def make_dataset(split: str, n: int, seed: int = 0, mix: bool = True) -> list[dict]:
     """``n`` distinct problems of ``split`` ("train", "test" or "ood"), drawn with ``seed``.
 
-    Rows: ``id``, ``prompt``, ``numbers`` (ascending), ``target``.
+    "train" and "test" follow ``DIFFICULTY_MIX`` (rounded, the remainder going to "moderate"), in
+    a seeded random order; ``mix=False`` draws from the whole split (its natural mix; the tiny
+    model's warm start). Rows: ``id``, ``prompt``, ``numbers`` (ascending), ``target``, ``difficulty``.
     """
     if split not in ("train", "test", "ood"):
         raise ValueError(f"split must be 'train', 'test' or 'ood', got {split!r}")
-    pool = _problems(split)
-    if n > len(pool):
-        raise ValueError(f"countdown {split!r} has {len(pool)} problems, asked for {n}")
-    rows = []
-    for nums, target, _ in random.Random(seed).sample(pool, n):
-        rows.append({"id": f"countdown-{split}-{'_'.join(map(str, nums))}-{target}",
-                     "prompt": format_prompt(list(nums), target), "numbers": list(nums), "target": target})
-    return rows
+    pool, rng = _problems(split), random.Random(seed)
+    if split == "ood" or not mix:
+        if n > len(pool):
+            raise ValueError(f"countdown {split!r} has {len(pool)} problems, asked for {n}")
+        chosen = rng.sample(pool, n)
+    else:
+        quota = {d: round(n * DIFFICULTY_MIX[d]) for d in ("easy", "hard")}
+        quota["moderate"] = n - sum(quota.values())
+        chosen = []
+        for d in DIFFICULTIES:
+            tier = [p for p in pool if p[3] == d]
+            if quota[d] > len(tier):
+                raise ValueError(f"countdown {split!r} has {len(tier)} {d} problems, asked for {quota[d]} "
+                                 f"({DIFFICULTY_MIX[d]:.0%} of {n}); ask for fewer rows")
+            chosen += rng.sample(tier, quota[d])
+        rng.shuffle(chosen)
+    return [{"id": f"countdown-{split}-{'_'.join(map(str, nums))}-{target}", "prompt": format_prompt(list(nums), target),
+             "numbers": list(nums), "target": target, "difficulty": level} for nums, target, _, level in chosen]
+
+
+def check_row(row: dict) -> None:
+    """A row's task columns: ``numbers`` a list of integers and ``target`` an integer (``validate_rows``)."""
+    check_field(row, "numbers", (list, tuple))
+    if not row["numbers"] or any(isinstance(x, bool) or not isinstance(x, int) for x in row["numbers"]):
+        raise ValueError(f"field `numbers`={row['numbers']!r} must be a non-empty list of integers")
+    check_field(row, "target", (int, float))
+    if isinstance(row["target"], float) and not row["target"].is_integer():  # inf and nan included
+        raise ValueError(f"field `target`={row['target']!r} must be an integer")
 
 
 def sft_examples(rows: list[dict], per_problem: int, seed: int) -> list[tuple[str, str]]:

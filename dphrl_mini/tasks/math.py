@@ -4,7 +4,9 @@
   config ``"main"``, via ``datasets.load_dataset``) or a local JSONL file with the same schema
   (``"question"`` or ``"prompt"``, and ``"answer"``, whose final answer may follow ``####``).
   ``make_dataset(..., source=None)`` generates small synthetic arithmetic word problems locally,
-  so everything works offline; ``data/gsm8k_sample.jsonl`` is a 16-problem sample written for
+  so everything works offline. Every prompt, synthetic or loaded, ends with the answer-format
+  instruction ``INSTRUCTION``. A local file has no splits: a fixed ``FILE_TEST_FRACTION`` of its
+  questions (those with the smallest hash) is "test" and "ood", the rest "train"; ``data/gsm8k_sample.jsonl`` is a 16-problem sample written for
   this project in the GSM8K schema.
 * **Answers.** ``extract_answer`` takes, in order: ``<answer>...</answer>``, the last
   ``\\boxed{...}`` (nested braces, linear scan), ``#### x``, ``The answer is x``, else the last
@@ -15,14 +17,25 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 from pathlib import Path
+
+from .rows import check_field
 
 NAME = "math"
 SAMPLE_PATH = Path(__file__).resolve().parent / "data" / "gsm8k_sample.jsonl"
 _NAMES = ("Ana", "Ben", "Chen", "Dara", "Eli", "Fatima", "Goran", "Hiro", "Ines", "Jamal")
 _ITEMS = ("apples", "stickers", "pencils", "marbles", "cookies", "books")
+INSTRUCTION = " Put the final answer in \\boxed{}."
+FILE_TEST_FRACTION = 0.2
+
+
+def with_instruction(question: str) -> str:
+    """The question followed by the answer-format instruction (once)."""
+    question = question.rstrip()
+    return question if question.endswith(INSTRUCTION.strip()) else question + INSTRUCTION
 
 
 def _final(answer: str) -> str:
@@ -31,21 +44,58 @@ def _final(answer: str) -> str:
 
 
 def load_dataset_rows(source: str, split: str = "train", n: int | None = None) -> list[dict]:
-    """Rows (``id``, ``prompt``, ``answer``) from a local JSONL path or a Hugging Face hub id."""
+    """Rows (``id``, ``prompt``, ``answer``) from a local JSONL path or a Hugging Face hub id.
+
+    A record without a string ``question``/``prompt`` or without an ``answer`` is a ``ValueError``
+    naming the file, the line (JSONL) or row (hub) and the field."""
     path = Path(source)
     if path.suffix == ".jsonl" or path.exists():
-        with open(path, encoding="utf-8") as f:
-            records = [json.loads(line) for line in f if line.strip()]
+        if not path.is_file():
+            raise ValueError(f"math task_source {source!r}: no such file")
+        records = _read_jsonl(path)
     else:
         import datasets  # optional dependency (the "data" extra)
 
         config = "main" if source.rstrip("/").endswith("gsm8k") else None
-        records = list(datasets.load_dataset(source, config, split=split))
+        records = [(f"{source} ({split}) row {i}", rec)
+                   for i, rec in enumerate(datasets.load_dataset(source, config, split=split))]
     rows = []
-    for i, rec in enumerate(records[:n] if n is not None else records):
+    for i, (where, rec) in enumerate(records[:n] if n is not None else records):
+        question = "question" if "question" in rec else "prompt"
+        try:
+            if question not in rec:
+                raise ValueError("field `question` (or `prompt`) is missing")
+            check_field(rec, question, str)
+            if rec.get("answer") is None:
+                raise ValueError("field `answer` is missing" if "answer" not in rec else "field `answer` is null")
+        except ValueError as error:
+            raise ValueError(f"{where}: {error}") from None
         rows.append({"id": f"math-{path.stem if path.exists() else source}-{split}-{i}",
-                     "prompt": rec.get("question", rec.get("prompt")), "answer": _final(str(rec["answer"]))})
+                     "prompt": with_instruction(rec[question]), "answer": _final(str(rec["answer"]))})
     return rows
+
+
+def _read_jsonl(path: Path) -> list[tuple[str, dict]]:
+    """``(where, record)`` for each non-blank line, ``where`` naming the file and line."""
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            where = f"{path} line {number}"
+            try:
+                record = json.loads(line)
+            except ValueError as error:
+                raise ValueError(f"{where}: not valid JSON ({error})") from None
+            if not isinstance(record, dict):
+                raise ValueError(f"{where}: a JSON object with `question` and `answer` fields was expected")
+            records.append((where, record))
+    return records
+
+
+def check_row(row: dict) -> None:
+    """A row's task column: ``answer``, a string (``validate_rows``)."""
+    check_field(row, "answer", str)
 
 
 def _synthetic(rng: random.Random, hard: bool) -> tuple[str, str]:
@@ -72,6 +122,9 @@ def make_dataset(split: str, n: int, seed: int = 0, source: str | None = None) -
         raise ValueError(f"split must be 'train', 'test' or 'ood', got {split!r}")
     if source is not None:
         rows = load_dataset_rows(source, "test" if split == "ood" else split)
+        if Path(source).exists():  # one file serves every split: hold out a fixed share of questions
+            test = _file_test_prompts([r["prompt"] for r in rows])
+            rows = [r for r in rows if (r["prompt"] in test) == (split != "train")]
         random.Random(seed).shuffle(rows)
         return rows[:n]
     rng = random.Random(f"math-{split}-{seed}")
@@ -82,8 +135,14 @@ def make_dataset(split: str, n: int, seed: int = 0, source: str | None = None) -
             continue
         seen.add(question)
         rows.append({"id": f"math-synthetic-{split}-{len(rows)}",
-                     "prompt": question + " Put the final answer in \\boxed{}.", "answer": answer})
+                     "prompt": with_instruction(question), "answer": answer})
     return rows
+
+
+def _file_test_prompts(prompts: list[str]) -> set[str]:
+    """The held-out questions of a file: the ``FILE_TEST_FRACTION`` (at least one) with the smallest hash."""
+    distinct = sorted(set(prompts), key=lambda p: hashlib.sha256(p.encode()).hexdigest())
+    return set(distinct[:max(1, round(FILE_TEST_FRACTION * len(distinct)))])
 
 
 def _synthetic_split(question: str) -> str:

@@ -20,7 +20,11 @@ equivalent queries (``'Paris'=city``, ``city IN ('Paris')``, aliases, ``COUNT(*)
   ``PRAGMA query_only``; extension loading off; ``setlimit`` caps (1 MB strings/blobs, no ATTACH,
   shallow expressions); an authorizer that allows only SELECT, column reads and a safe-function
   allow-list (no ``load_extension``, recursive CTEs, PRAGMA, ATTACH or writes); a progress-handler
-  deadline (1 s default); at most ``max_rows`` rows fetched.
+  deadline (1 s default); at most ``max_rows`` rows fetched; a memory cap: SQLite's heap is limited
+  to ``HEAP_LIMIT_BYTES`` (``PRAGMA hard_heap_limit``, which holds for every SQLite connection of
+  the process) with a small page cache, so a query that would build gigabytes of sort data (big
+  ``replace()`` strings over a cross join) fails as "out of memory" within a bounded footprint.
+  A query that is not valid UTF-8 (e.g. a lone surrogate in model output) is refused.
 """
 
 from __future__ import annotations
@@ -29,12 +33,14 @@ import hashlib
 import itertools
 import os
 import random
+import re
 import sqlite3
 import time
 from functools import lru_cache
 from pathlib import Path
 
 from .answers import extract_answer
+from .rows import check_field
 
 NAME = "sql"
 DB_SEED = 0
@@ -158,6 +164,8 @@ class SandboxError(Exception):
 
 
 MAX_SQL_CHARS = 2000
+HEAP_LIMIT_BYTES = 64 << 20
+"""SQLite's hard heap limit, process-wide: a sandboxed query that needs more fails with "out of memory"."""
 _SAFE_FUNCTIONS = frozenset("""abs avg count group_concat max min sum total coalesce ifnull iif nullif length
     lower upper trim ltrim rtrim substr substring replace instr round cast like glob typeof
     char unicode hex quote date time datetime julianday strftime""".split())  # no printf: one call can run long
@@ -185,6 +193,10 @@ def run_query(db_path: str, sql: str, timeout_s: float = 1.0, max_rows: int = 10
     """Run one SELECT in the sandbox; rows as a sorted (or, if ``ordered``, original-order) tuple."""
     if not isinstance(sql, str) or len(sql) > MAX_SQL_CHARS or "\x00" in sql or "--" in sql or "/*" in sql:
         raise SandboxError("refused")
+    try:
+        sql.encode("utf-8")
+    except UnicodeEncodeError:
+        raise SandboxError("not valid UTF-8") from None
     sql = sql.strip().rstrip(";").rstrip()
     if not (sql[:6].lower() == "select" or sql[:4].lower() == "with"):
         raise SandboxError("not a SELECT")
@@ -201,11 +213,16 @@ def run_query(db_path: str, sql: str, timeout_s: float = 1.0, max_rows: int = 10
             con.setlimit(limit, value)
         con.execute("PRAGMA query_only=ON")
         con.execute("PRAGMA temp_store=MEMORY")
+        con.execute(f"PRAGMA hard_heap_limit={HEAP_LIMIT_BYTES}")  # only ever lowers the limit
+        con.execute("PRAGMA cache_size=-2000")  # 2 MB of page cache
         con.set_authorizer(_authorizer)
         deadline = time.monotonic() + timeout_s
         con.set_progress_handler(lambda: time.monotonic() > deadline, 1000)
-        cursor = con.execute(sql)  # raises on a second statement
-        rows = cursor.fetchmany(max_rows + 1)
+        try:
+            cursor = con.execute(sql)  # raises on a second statement
+            rows = cursor.fetchmany(max_rows + 1)
+        except MemoryError:
+            raise SandboxError(f"out of memory (SQLite heap limit {HEAP_LIMIT_BYTES >> 20} MB)") from None
         if len(rows) > max_rows:
             raise SandboxError("too many rows")
     finally:
@@ -266,12 +283,28 @@ def equivalent_queries(row: dict) -> list[str]:
     raise KeyError(row["id"])
 
 
+def _copies_numbers(query: str, question: str) -> bool:
+    """True when every number in ``query`` appears in ``question`` (no ``k+1``-style arithmetic)."""
+    return set(re.findall(r"\d+", query)) <= set(re.findall(r"\d+", question))
+
+
+def check_row(row: dict) -> None:
+    """A row's task columns: ``db_path`` and ``gold_sql``, both strings (``validate_rows``)."""
+    check_field(row, "db_path", str)
+    check_field(row, "gold_sql", str)
+
+
 def sft_examples(rows: list[dict], per_problem: int, seed: int) -> list[tuple[str, str]]:
-    """(prompt, completion) pairs: up to ``per_problem`` different equivalent queries per row, at random."""
+    """(prompt, completion) pairs: up to ``per_problem`` different equivalent queries per row, at random.
+
+    Only queries that copy the question's numbers are drawn (``price>12`` yes, ``price>=13`` no):
+    a character-level model learns to copy long before it learns ``k+1``, and arithmetic variants
+    in its warm-start data teach it to garble numbers. The verifier still accepts every variant.
+    """
     rng = random.Random(seed)
     pairs = []
     for row in rows:
-        found = equivalent_queries(row)
+        found = [q for q in equivalent_queries(row) if _copies_numbers(q, row["question"])]
         pairs += [(row["prompt"], q) for q in rng.sample(found, min(per_problem, len(found)))]
     return pairs
 

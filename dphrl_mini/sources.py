@@ -1,0 +1,220 @@
+"""Where data and rewards come from: a user's dataset and reward functions, or a built-in task.
+
+There is one way data enters the trainer: ``task_data`` returns the training rows, the evaluation
+rows per split and the ``Verifier`` that scores them, whether they come from
+
+* a **built-in task** (countdown, sql, math): its ``make_dataset`` splits and its own reward and
+  ``solution_key``;
+* a **dataset** (``TrainConfig.dataset`` or ``train_dataset=``): a local ``.jsonl``/``.json``/
+  ``.parquet``/``.csv`` file, a folder saved by ``datasets.save_to_disk``, a hub id, a
+  ``datasets.Dataset`` or a list of dicts. As in TRL, column ``prompt`` is a string or a list of
+  chat messages (``{"role", "content"}``) and every other column reaches the reward functions as
+  a keyword argument (one value per completion). The evaluation rows are ``eval_dataset`` or,
+  without it, a held-out ``eval_fraction`` of the distinct prompts drawn with ``data_seed``; they
+  form the split ``"test"``. A test set that shares a prompt with the training set is refused.
+
+Rewards are ``reward_fns=`` or ``TrainConfig.reward`` (``"MODULE:FUNCTION"``, the module an
+importable name or a path to a ``.py`` file), with TRL's signature
+``f(prompts, completions, **kwargs) -> list[float | None]``; without them, the task's own reward.
+Distinct solutions are counted with the task's ``solution_key`` when the task's reward is used,
+else on the normalized completion text. Departure from TRL: an ``id`` column (made from the row
+number when absent) identifies rows in the pre-sampling split and is not passed to rewards.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from .config import TrainConfig
+from .rewards import Verifier, normalized_text
+from .tasks import get_task, validate_rows
+
+FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+
+
+@dataclass
+class TaskData:
+    """Training rows, evaluation rows per split ("test", and "ood" for built-in tasks) and their verifier."""
+
+    train: list[dict]
+    eval: dict[str, list[dict]]
+    verifier: Verifier
+
+
+def looks_like_path(source: str) -> bool:
+    """A hub id is ``name`` or ``owner/name``; anything with a file suffix, a leading ``.``, ``/`` or
+    ``~``, or more than one ``/`` is meant as a local path."""
+    return (Path(source).suffix in FILE_BUILDERS or source.startswith((".", "/", "~"))
+            or source.count("/") > 1 or Path(source).exists())
+
+
+def load_records(source: str, split: str = "train") -> list[dict]:
+    """Raw records of a local file or ``save_to_disk`` folder, or of split ``split`` of a hub dataset."""
+    path = Path(source).expanduser()
+    if looks_like_path(source) and not path.exists():
+        raise ValueError(f"dataset {source!r}: no such file or folder")
+    if path.is_file() and path.suffix == ".jsonl":  # no datasets dependency for the common case
+        with open(path, encoding="utf-8") as handle:
+            return [json.loads(line) for line in handle if line.strip()]
+    if path.is_file() and path.suffix not in FILE_BUILDERS:
+        raise ValueError(f"dataset {source!r}: use a {'/'.join(FILE_BUILDERS)} file, a save_to_disk folder or a hub id")
+    try:
+        import datasets  # optional dependency (the "data" extra)
+    except ImportError as error:
+        raise ValueError(f"dataset {source!r} needs the `datasets` package: pip install datasets") from error
+    if path.is_dir():
+        data = datasets.load_from_disk(str(path))
+        if isinstance(data, datasets.DatasetDict):
+            if split not in data:
+                raise ValueError(f"dataset {source!r} has splits {sorted(data)}, not {split!r}")
+            data = data[split]
+    elif path.is_file():
+        data = datasets.load_dataset(FILE_BUILDERS[path.suffix], data_files=str(path), split="train")
+    else:
+        data = datasets.load_dataset(source, split=split)
+    return list(data)
+
+
+def as_rows(data, name: str, split: str = "train") -> list[dict]:
+    """Rows with an ``id`` and a ``prompt`` (string or chat messages) from records, a ``datasets.Dataset``
+    or a source string (``load_records(data, split)``)."""
+    records = load_records(str(data), split) if isinstance(data, (str, Path)) else list(data)
+    name = str(data) if isinstance(data, (str, Path)) else name
+    if not records:
+        raise ValueError(f"dataset {name!r} is empty")
+    if "prompt" not in records[0]:
+        raise ValueError(f"dataset {name!r} has no `prompt` column (columns: {sorted(records[0])}); "
+                         "rename the column that holds the prompt to `prompt`")
+    chat = isinstance(records[0]["prompt"], list)
+    rows = []
+    for i, record in enumerate(records):
+        prompt = record.get("prompt")
+        if chat != isinstance(prompt, list) or not (isinstance(prompt, str) or _is_messages(prompt)):
+            raise ValueError(f"dataset {name!r} row {i}: `prompt` must be a string or a list of "
+                             f"{{'role', 'content'}} messages in every row, got {str(prompt)[:80]!r}")
+        rows.append({"id": str(record.get("id", f"row-{i}")), **{k: v for k, v in record.items() if k != "id"}})
+    if len({r["id"] for r in rows}) < len(rows):
+        raise ValueError(f"dataset {name!r}: the `id` column repeats values; ids must be unique")
+    return rows
+
+
+def _is_messages(prompt) -> bool:
+    return isinstance(prompt, list) and all(isinstance(m, dict) and {"role", "content"} <= set(m) for m in prompt)
+
+
+def prompt_key(prompt: str | list[dict]) -> str:
+    """A hashable form of a prompt (chat messages as JSON), for overlap checks."""
+    return prompt if isinstance(prompt, str) else json.dumps(prompt, sort_keys=True)
+
+
+def held_out(rows: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """(train, test): a ``fraction`` of the distinct prompts, drawn with ``seed``, goes to test (at
+    least one when there are two or more prompts); rows that repeat a prompt stay together."""
+    prompts = sorted({prompt_key(r["prompt"]) for r in rows})
+    random.Random(seed).shuffle(prompts)
+    n_test = min(max(round(fraction * len(prompts)), 1 if fraction > 0 else 0), len(prompts) - 1)
+    test_prompts = set(prompts[:n_test])
+    return ([r for r in rows if prompt_key(r["prompt"]) not in test_prompts],
+            [r for r in rows if prompt_key(r["prompt"]) in test_prompts])
+
+
+def check_no_overlap(train: list[dict], test: list[dict]) -> None:
+    shared = {prompt_key(r["prompt"]) for r in train} & {prompt_key(r["prompt"]) for r in test}
+    if shared:
+        raise ValueError(f"the evaluation set shares {len(shared)} prompt(s) with the training set; "
+                         "remove them, or drop --eval-dataset to hold out --eval-fraction of the training data")
+
+
+def load_reward(spec: str) -> Callable:
+    """``"MODULE:FUNCTION"`` -> the function; MODULE is an importable name or a path to a ``.py`` file."""
+    module_name, sep, function = spec.rpartition(":")
+    if not sep or not module_name or not function:
+        raise ValueError(f"reward {spec!r}: use MODULE:FUNCTION, e.g. my_rewards:exact_match or path/to/file.py:fn")
+    if module_name.endswith(".py"):
+        path = Path(module_name).expanduser()
+        if not path.is_file():
+            raise ValueError(f"reward {spec!r}: no such file {module_name!r}")
+        module_spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)
+    else:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as error:
+            raise ValueError(f"reward {spec!r}: cannot import module {module_name!r} ({error})") from error
+    fn = vars(module).get(function)
+    if not callable(fn):
+        raise ValueError(f"reward {spec!r}: module {module_name!r} has no function {function!r}")
+    return fn
+
+
+def required_columns(fn: Callable) -> list[str]:
+    """Keyword arguments a reward function needs beyond ``prompts`` and ``completions`` (no default)."""
+    params = list(inspect.signature(fn).parameters.values())[2:]
+    return [p.name for p in params if p.default is inspect.Parameter.empty
+            and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+
+def check_columns(rows: list[dict], verifier: Verifier, name: str) -> None:
+    """Every column a reward function needs is in the rows (if there are any)."""
+    rows = list(rows)
+    if not rows:
+        return
+    columns = set(rows[0])
+    for fn in verifier.reward_fns:
+        missing = [c for c in required_columns(fn) if c not in columns]
+        if missing:
+            raise ValueError(f"reward {fn.__name__!r} needs column(s) {missing} that dataset {name!r} lacks "
+                             f"(columns: {sorted(columns)})")
+
+
+def make_verifier(cfg: TrainConfig, reward_fns: list[Callable] | None = None) -> Verifier:
+    """``reward_fns``, else ``cfg.reward`` specs, else the task's own reward and solution key."""
+    fns = list(reward_fns or [load_reward(spec) for spec in cfg.reward or []])
+    if not fns:
+        return Verifier.for_task(get_task(cfg.task), cfg.correct_threshold)
+    return Verifier(fns, cfg.reward_weights, cfg.correct_threshold, normalized_text, "custom")
+
+
+def task_data(cfg: TrainConfig, reward_fns: list[Callable] | None = None, train_dataset: Any = None,
+              eval_dataset: Any = None) -> TaskData:
+    """The rows and verifier of a run (see the module docstring); at most ``train_size`` training rows
+    and ``eval_size`` test rows (``ood_size`` for a built-in task's "ood" split), drawn with ``data_seed``."""
+    verifier = make_verifier(cfg, reward_fns)
+    source = train_dataset if train_dataset is not None else cfg.dataset
+    if source is None:
+        task = get_task(cfg.task)
+        kwargs = {"source": cfg.task_source} if cfg.task == "math" else {}
+        sizes = {"test": cfg.eval_size, "ood": cfg.ood_size}
+        name = (lambda split: f"{cfg.task_source} ({split})" if cfg.task_source  # noqa: E731
+                else f"built-in {cfg.task} {split} split")
+        train = validate_rows(task.make_dataset("train", cfg.train_size, seed=cfg.data_seed, **kwargs),
+                              name("train"), task.check_row)
+        evals = {s: validate_rows(task.make_dataset(s, n, seed=cfg.data_seed, **kwargs) if n else [], name(s),
+                                  task.check_row) for s, n in sizes.items()}
+    else:
+        train = as_rows(source, "train_dataset")
+        eval_source = eval_dataset if eval_dataset is not None else cfg.eval_dataset
+        if eval_source is None:
+            train, test = held_out(train, cfg.eval_fraction, cfg.data_seed)
+        else:
+            test = as_rows(eval_source, "eval_dataset", split="test")
+        rng = random.Random(cfg.data_seed)
+        train = rng.sample(train, min(cfg.train_size, len(train)))
+        evals = {"test": rng.sample(test, min(cfg.eval_size, len(test)))}
+    if not train:  # an empty pool would make the trainer wait forever for prompts
+        where = name("train") if source is None else f"{source if isinstance(source, (str, Path)) else 'train_dataset'} (train)"
+        raise ValueError(f"the training dataset {where} has 0 usable prompts (train_size={cfg.train_size}); "
+                         "nothing to train on")
+    for split, rows in evals.items():
+        check_no_overlap(train, rows)
+        check_columns(rows, verifier, f"{split} split")
+    check_columns(train, verifier, str(source) if isinstance(source, (str, Path)) else "train_dataset")
+    return TaskData(train, evals, verifier)
