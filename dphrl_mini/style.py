@@ -46,7 +46,8 @@ _SETTINGS = {
 }
 _SETTING_NAMES = {"presample_threshold": "threshold", "presample_k": "pre-samples", "eps_high": "ε_high",
                   "eps_low": "ε_low", "kl_estimator": "KL estimator", "lr": "lr", "steps": "steps"}
-_FIELDS = sorted((f.name for f in dataclasses.fields(TrainConfig)), key=len, reverse=True)
+_FIELDS = sorted([*(f.name for f in dataclasses.fields(TrainConfig)), "mara_beta"], key=len, reverse=True)
+"""Config fields in folder names; ``mara_beta`` only in folders made before MARA took its beta from kl_coef."""
 _FIELD = re.compile(r"_(%s)(.*?)(?=_(?:%s)|$)" % ("|".join(_FIELDS), "|".join(_FIELDS)))
 _METHOD = re.compile(r"(%s)(\+mara)?(?=_|$)" % "|".join(sorted(METHODS, key=len, reverse=True)))
 
