@@ -84,7 +84,8 @@ NEAR_PERFECT_K = 4
 def near_perfect_ids(base: EvalResult, k: int = NEAR_PERFECT_K) -> set[str]:
     """Held-out prompts the released rule would most likely put in D_pef for the base model: the
     chance that all k of k samples are correct, estimated without bias from the base model's n
-    samples as C(c, k) / C(n, k), is at least 1/2."""
+    samples as C(c, k) / C(n, k), is at least 1/2 (with fewer than k samples, k = n)."""
+    k = min(k, base.n)
     return {i for i, c in zip(base.ids, base.correct) if math.comb(c, k) / math.comb(base.n, k) >= 0.5}
 
 

@@ -414,7 +414,9 @@ class Trainer:
         finite = math.isfinite(float(grad_norm)) and all(math.isfinite(x) for x in losses)
         if not finite:  # counted per step in _step (max_nonfinite_steps)
             self.optimizer.zero_grad(set_to_none=True)
-            self.scheduler.step()  # the schedule follows update slots, so a skip does not stretch it
+            with warnings.catch_warnings():  # stepping the schedule without an update is intended here
+                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+                self.scheduler.step()  # the schedule follows update slots, so a skip does not stretch it
             warnings.warn(f"step {self.step_index + 1}: non-finite loss or gradient; update skipped")
             return False
         stats["grad_norm"].append(float(grad_norm))
