@@ -33,7 +33,6 @@ import hashlib
 import itertools
 import os
 import random
-import re
 import sqlite3
 import time
 from functools import lru_cache
@@ -283,11 +282,6 @@ def equivalent_queries(row: dict) -> list[str]:
     raise KeyError(row["id"])
 
 
-def _copies_numbers(query: str, question: str) -> bool:
-    """True when every number in ``query`` appears in ``question`` (no ``k+1``-style arithmetic)."""
-    return set(re.findall(r"\d+", query)) <= set(re.findall(r"\d+", question))
-
-
 def check_row(row: dict) -> None:
     """A row's task columns: ``db_path`` and ``gold_sql``, both strings (``validate_rows``)."""
     check_field(row, "db_path", str)
@@ -295,16 +289,11 @@ def check_row(row: dict) -> None:
 
 
 def sft_examples(rows: list[dict], per_problem: int, seed: int) -> list[tuple[str, str]]:
-    """(prompt, completion) pairs: up to ``per_problem`` different equivalent queries per row, at random.
-
-    Only queries that copy the question's numbers are drawn (``price>12`` yes, ``price>=13`` no):
-    a character-level model learns to copy long before it learns ``k+1``, and arithmetic variants
-    in its warm-start data teach it to garble numbers. The verifier still accepts every variant.
-    """
+    """(prompt, completion) pairs: up to ``per_problem`` different equivalent queries per row, at random."""
     rng = random.Random(seed)
     pairs = []
     for row in rows:
-        found = [q for q in equivalent_queries(row) if _copies_numbers(q, row["question"])]
+        found = equivalent_queries(row)
         pairs += [(row["prompt"], q) for q in rng.sample(found, min(per_problem, len(found)))]
     return pairs
 
