@@ -51,12 +51,11 @@ def run_demo(out_dir: str | Path = "outputs/demo", quick: bool = False, steps: i
     print(f"bandit figures saved in {out}/\n")
 
     steps = steps or (4 if quick else 40)
-    # the settings behind results/countdown (README): lr 5e-4, every distinct correct reference kept
+    # DPH-JS as released: the preset's eta (sft_loss_coeff 0.01 converted) and 4-of-4 split
     cfg = preset_config("tiny-cpu", steps=steps, lr=5e-4, train_size=64 if quick else 300,
                         eval_size=16 if quick else 60, eval_n=16 if quick else 64,
                         eval_ks=[1, 2, 4, 8, 16] if quick else [1, 2, 4, 8, 16, 32, 64],
-                        prompts_per_step=8 if quick else 16, save_every=max(steps, 1), eta=4.0,
-                        keep_references="all_distinct")
+                        prompts_per_step=8 if quick else 16, save_every=max(steps, 1))
     cfg = dataclasses.replace(cfg, output_dir=str(out / "runs"))
     print(f"Training the tiny model on Countdown: GRPO vs DPH-JS, {steps} steps each, same prompts and seed")
     rows = compare(cfg, {"grpo": {"method": "grpo"}, "dph_js": {"method": "dph_js"}},
