@@ -14,7 +14,9 @@ rollouts, needing the online reference (the policy with adapters disabled).
 for the near-perfect set D_pef, with their stored pi_ref log-probs, so no reference forward pass
 (papers/dph-rl.md §1.4a-d). "aggregate" is token-mean over every masked token (verl's
 ``loss_agg_mode=token-mean``). MARA is a reward transform (``toy_bandits.mara``), applied by the
-trainer before :func:`group_advantages`.
+trainer before :func:`group_advantages`, with beta = ``kl_coef``: its augmented rewards only give
+the uniform target together with term (2) at the same beta (papers/mara.md).
+(3)'s ``eta`` is the released ``sft_loss_coeff`` x 0.125 (``config.eta_from_sft_loss_coeff``).
 
 No divergence is defined here: every generator and KL estimator comes from
 ``toy_bandits.divergences`` (DESIGN.md §2, "one place per idea").
