@@ -191,21 +191,9 @@ class Trainer:
         messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
-    def dataset_name(self, split: str) -> str:
-        """How errors name a split's data: the task source (math) or the built-in task."""
-        cfg = self.config
-        source = cfg.dataset or cfg.task_source
-        return f"{source} ({split})" if source else f"built-in {cfg.task} {split} split"
-
     def eval_rows(self, split: str) -> list[dict]:
         """The evaluation rows of ``split`` ("test"; "ood" for built-in tasks); [] for any other."""
         return self._eval_rows.get(split, [])
-
-    def _require_prompts(self) -> None:
-        """An empty prompt pool would make ``next_rows`` wait forever: stop at once instead."""
-        if not self.pool:
-            raise ValueError(f"the training dataset {self.dataset_name('train')} has 0 usable prompts "
-                             f"(train_size={self.config.train_size}); nothing to train on")
 
     def prepare_data(self) -> None:
         """DPH methods (and ``train_on`` "exploration"/"learnable"): pre-sample once (or load the
@@ -253,7 +241,6 @@ class Trainer:
 
     def next_rows(self, n: int) -> list[dict]:
         """The next ``n`` prompts of a seeded per-epoch permutation (the data position is saved)."""
-        self._require_prompts()
         rows = []
         while len(rows) < n:
             order = np.random.RandomState(self.config.seed + 1000 * self.data_state["epoch"]).permutation(len(self.pool))
@@ -569,7 +556,6 @@ class Trainer:
         if last is None and self.accelerator.is_main_process:
             for log in ("metrics.jsonl", "evals.jsonl"):
                 (folder / log).write_text("")
-        self._require_prompts()
         self.prepare_data()
         if last is not None:
             self.load_checkpoint(last)
