@@ -103,9 +103,16 @@ class TinyConfig:
     warmup_steps: int = 50
     weight_decay: float = 0.01
     countdown_problems: int = 7000
-    """Distinct countdown problems in the SFT set."""
-    sql_problems: int = 1000
+    """Distinct countdown problems in the SFT set, drawn from the whole "train" split (its natural mix)."""
+    countdown_mix_problems: int = 3000
+    """More countdown problems (repeats allowed) drawn with the task's difficulty mix, the
+    distribution RL trains and tests on: more of the easy tier, which the near-perfect set needs."""
+    sql_problems: int = 2000
     """Distinct SQL problems in the SFT set."""
+    sql_copy_numbers_only: bool = True
+    """SQL warm-start queries copy the question's numbers (``sql.copies_question_numbers``); the
+    ``k+1`` variants stay correct answers for RL and evaluation, but a character model that samples
+    them gets the arithmetic wrong."""
     per_problem: int = 8
     """Different correct solutions drawn per problem (``sft_examples``)."""
     num_threads: int = 2
@@ -135,14 +142,16 @@ def sft_pairs(cfg: TinyConfig) -> list[tuple[str, str]]:
     """(prompt, completion) pairs from every tiny task, several correct solutions per problem."""
     from dphrl_mini.tasks import get_task
 
-    pairs: list[tuple[str, str]] = []
-    for name, n in (("countdown", cfg.countdown_problems), ("sql", cfg.sql_problems)):
-        if n <= 0:
-            continue
-        task = get_task(name)
-        kwargs = {"mix": False} if name == "countdown" else {}  # every difficulty, as the split has it
-        rows = task.make_dataset("train", n, seed=SFT_SEED + cfg.seed, **kwargs)
-        pairs += task.sft_examples(rows, per_problem=cfg.per_problem, seed=SFT_SEED + cfg.seed)
+    countdown, sql = get_task("countdown"), get_task("sql")
+    seed = SFT_SEED + cfg.seed
+    rows = countdown.make_dataset("train", cfg.countdown_problems, seed=seed, mix=False) if cfg.countdown_problems else []
+    if cfg.countdown_mix_problems:
+        rows += countdown.make_dataset("train", cfg.countdown_mix_problems, seed=seed + 1)
+    pairs = countdown.sft_examples(rows, per_problem=cfg.per_problem, seed=seed)
+    if cfg.sql_problems:
+        rows = sql.make_dataset("train", cfg.sql_problems, seed=seed)
+        pairs += sql.sft_examples(rows, per_problem=cfg.per_problem, seed=seed,
+                                  copy_numbers_only=cfg.sql_copy_numbers_only)
     return pairs
 
 
@@ -308,7 +317,8 @@ def _readme(cfg: TinyConfig, n_params: int, seconds: float, results: dict[str, d
     """The checkpoint's README: the command that rebuilds it, its size, and the measured metrics."""
     defaults = TinyConfig()
     args = "".join(f" --{name.replace('_', '-')} {getattr(cfg, name)}" for name in ("steps", "schedule_steps", "seed", "init_from",
-                                                                     "countdown_problems", "sql_problems", "lr")
+                                                                     "countdown_problems", "countdown_mix_problems",
+                                                                     "sql_problems", "lr")
                    if getattr(cfg, name) != getattr(defaults, name))
     lines = [
         "# dphrl-mini tiny model",
@@ -379,6 +389,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--init-from", default=None, help="continue from this checkpoint (stage 2)")
     parser.add_argument("--countdown-problems", type=int, default=TinyConfig.countdown_problems)
+    parser.add_argument("--countdown-mix-problems", type=int, default=TinyConfig.countdown_mix_problems)
     parser.add_argument("--sql-problems", type=int, default=TinyConfig.sql_problems)
     parser.add_argument("--lr", type=float, default=TinyConfig.lr)
     parser.add_argument("--no-eval", action="store_true", help="skip the Pass@k measurement")
@@ -395,7 +406,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     build_tiny_model(args.out, steps=args.steps, seed=args.seed, evaluate=not args.no_eval,
                      schedule_steps=args.schedule_steps, init_from=args.init_from,
-                     countdown_problems=args.countdown_problems, sql_problems=args.sql_problems, lr=args.lr)
+                     countdown_problems=args.countdown_problems, countdown_mix_problems=args.countdown_mix_problems,
+                     sql_problems=args.sql_problems, lr=args.lr)
 
 
 if __name__ == "__main__":

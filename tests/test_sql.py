@@ -1,6 +1,7 @@
 """Text-to-SQL: generated databases, equivalent queries, execution match (hostile inputs: test_hostile_inputs.py)."""
 
 import hashlib
+import re
 import string
 
 import pytest
@@ -81,6 +82,18 @@ def test_datasets_deterministic_disjoint_and_well_formed(db_dir):
         sql.make_dataset("dev", 2, db_dir=db_dir)
     with pytest.raises(ValueError):
         sql.make_dataset("test", 10**6, db_dir=db_dir)
+
+
+def test_sft_examples_can_keep_only_queries_that_copy_the_question_numbers(db_dir):
+    rows = [r for r in sql.make_dataset("train", 60, seed=0, db_dir=db_dir) if any(ch.isdigit() for ch in r["question"])]
+    every = sql.sft_examples(rows, per_problem=100, seed=0)
+    copied = sql.sft_examples(rows, per_problem=100, seed=0, copy_numbers_only=True)
+    assert {p for p, _ in copied} == {r["prompt"] for r in rows}  # every problem keeps some queries
+    assert set(copied) < set(every)  # the k+1 / k-1 rewrites are gone
+    for prompt, query in copied:
+        assert set(re.findall(r"\d+", query.replace("COUNT(1)", ""))) <= set(re.findall(r"\d+", prompt)), query
+    assert sql.copies_question_numbers("SELECT COUNT(1) FROM t WHERE x>5", "count t with x over 5")
+    assert not sql.copies_question_numbers("SELECT name FROM t WHERE x>=6", "t with x over 5")
 
 
 def test_sft_examples_and_reward(db_dir):

@@ -33,6 +33,7 @@ import hashlib
 import itertools
 import os
 import random
+import re
 import sqlite3
 import time
 from functools import lru_cache
@@ -288,12 +289,31 @@ def check_row(row: dict) -> None:
     check_field(row, "gold_sql", str)
 
 
-def sft_examples(rows: list[dict], per_problem: int, seed: int) -> list[tuple[str, str]]:
-    """(prompt, completion) pairs: up to ``per_problem`` different equivalent queries per row, at random."""
+def copies_question_numbers(query: str, question: str) -> bool:
+    """True when every number in ``query`` is written in ``question`` (``price<57`` for "under 57",
+    not ``price<=56``); ``COUNT(1)`` and ``*1.0`` are not numbers of the question.
+
+    >>> copies_question_numbers("SELECT name FROM t WHERE x<57", "t with x under 57")
+    True
+    >>> copies_question_numbers("SELECT name FROM t WHERE x<=56", "t with x under 57")
+    False
+    """
+    literals = re.findall(r"\d+", query.replace("COUNT(1)", "").replace("*1.0", ""))
+    return set(literals) <= set(re.findall(r"\d+", question))
+
+
+def sft_examples(rows: list[dict], per_problem: int, seed: int, copy_numbers_only: bool = False) -> list[tuple[str, str]]:
+    """(prompt, completion) pairs: up to ``per_problem`` different equivalent queries per row, at random.
+
+    ``copy_numbers_only`` keeps only queries that copy the question's numbers (``copies_question_numbers``):
+    a warm start for a character-level model, which cannot do the ``k+1`` arithmetic of the others.
+    """
     rng = random.Random(seed)
     pairs = []
     for row in rows:
         found = equivalent_queries(row)
+        if copy_numbers_only:
+            found = [q for q in found if copies_question_numbers(q, row["question"])]
         pairs += [(row["prompt"], q) for q in rng.sample(found, min(per_problem, len(found)))]
     return pairs
 
