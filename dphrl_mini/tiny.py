@@ -104,12 +104,12 @@ class TinyConfig:
     weight_decay: float = 0.01
     countdown_problems: int = 7000
     """Distinct countdown problems in the SFT set, drawn from the whole "train" split (its natural mix)."""
-    countdown_mix_problems: int = 3000
+    countdown_mix_problems: int = 0
     """More countdown problems (repeats allowed) drawn with the task's difficulty mix, the
     distribution RL trains and tests on: more of the easy tier, which the near-perfect set needs."""
-    sql_problems: int = 2000
+    sql_problems: int = 1000
     """Distinct SQL problems in the SFT set."""
-    sql_copy_numbers_only: bool = True
+    sql_copy_numbers_only: bool = False
     """SQL warm-start queries copy the question's numbers (``sql.copies_question_numbers``); the
     ``k+1`` variants stay correct answers for RL and evaluation, but a character model that samples
     them gets the arithmetic wrong."""
@@ -316,10 +316,11 @@ def figures_table(results: dict[str, dict]) -> str:
 def _readme(cfg: TinyConfig, n_params: int, seconds: float, results: dict[str, dict] | None) -> str:
     """The checkpoint's README: the command that rebuilds it, its size, and the measured metrics."""
     defaults = TinyConfig()
-    args = "".join(f" --{name.replace('_', '-')} {getattr(cfg, name)}" for name in ("steps", "schedule_steps", "seed", "init_from",
-                                                                     "countdown_problems", "countdown_mix_problems",
-                                                                     "sql_problems", "lr")
-                   if getattr(cfg, name) != getattr(defaults, name))
+    changed = [name for name in ("steps", "schedule_steps", "seed", "init_from", "countdown_problems",
+                                 "countdown_mix_problems", "sql_problems", "sql_copy_numbers_only", "lr")
+               if getattr(cfg, name) != getattr(defaults, name)]
+    args = "".join(f" --{name.replace('_', '-')}" + ("" if isinstance(getattr(cfg, name), bool) else f" {getattr(cfg, name)}")
+                   for name in changed)
     lines = [
         "# dphrl-mini tiny model",
         "",
@@ -391,6 +392,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--countdown-problems", type=int, default=TinyConfig.countdown_problems)
     parser.add_argument("--countdown-mix-problems", type=int, default=TinyConfig.countdown_mix_problems)
     parser.add_argument("--sql-problems", type=int, default=TinyConfig.sql_problems)
+    parser.add_argument("--sql-copy-numbers-only", action="store_true",
+                        help="SQL warm-start queries copy the question's numbers (no k+1 rewrites)")
     parser.add_argument("--lr", type=float, default=TinyConfig.lr)
     parser.add_argument("--no-eval", action="store_true", help="skip the Pass@k measurement")
     parser.add_argument("--measure", metavar="MODEL_DIR", default=None,
@@ -407,7 +410,7 @@ def main(argv: list[str] | None = None) -> None:
     build_tiny_model(args.out, steps=args.steps, seed=args.seed, evaluate=not args.no_eval,
                      schedule_steps=args.schedule_steps, init_from=args.init_from,
                      countdown_problems=args.countdown_problems, countdown_mix_problems=args.countdown_mix_problems,
-                     sql_problems=args.sql_problems, lr=args.lr)
+                     sql_problems=args.sql_problems, sql_copy_numbers_only=args.sql_copy_numbers_only, lr=args.lr)
 
 
 if __name__ == "__main__":
