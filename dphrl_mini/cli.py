@@ -132,7 +132,7 @@ def _save_compare_report(rows: list[dict], out: Path, splits: list[str], k: int)
         report.append(f"## {split}\n\n{table}\n")
         fig = plot_pass_at_k_curves(out, split=split)
         fig.savefig(out / f"pass_at_k_{split}.png", dpi=120, bbox_inches="tight")
-        for group in ("near-perfect", "exploration"):  # by the base model's own samples (experiments.difficulty_rows)
+        for group in ("near-perfect", "exploration", "easy", "moderate", "hard"):  # experiments.difficulty_rows
             if any(r["split"] == f"{split}:{group}" for r in rows):
                 table = format_table(rows, f"{split}:{group}")
                 print(f"\n{split}, {group} prompts:\n{table}")

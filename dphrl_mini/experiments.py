@@ -98,20 +98,36 @@ def subset(result: EvalResult, ids: set[str]) -> EvalResult:
 
 
 def difficulty_rows(name: str, seed: int, results: dict[str, EvalResult], base: dict[str, EvalResult],
-                    ks: Iterable[int]) -> list[dict[str, Any]]:
+                    ks: Iterable[int], tiers: dict[str, str] | None = None) -> list[dict[str, Any]]:
     """``summary_row``s per split and prompt group, split ``"{split}:near-perfect"`` or
-    ``"{split}:exploration"`` by the base model's own samples (``near_perfect_ids``): where each
-    method gains and where it loses."""
+    ``"{split}:exploration"`` by the base model's own samples (``near_perfect_ids``), and
+    ``"{split}:{tier}"`` by the task's difficulty tier of each prompt (``tiers``: id -> tier, e.g.
+    Countdown's easy / moderate / hard): where each method gains and where it loses."""
     rows = []
     for split, result in results.items():
         if split not in base:
             continue
         near = near_perfect_ids(base[split])
-        for group, ids in (("near-perfect", near), ("exploration", set(base[split].ids) - near)):
+        groups = [("near-perfect", near), ("exploration", set(base[split].ids) - near)]
+        for tier in dict.fromkeys((tiers or {}).values()):
+            groups.append((tier, {i for i in base[split].ids if (tiers or {}).get(i) == tier}))
+        for group, ids in groups:
             if ids:
                 rows.append(summary_row(name, seed, f"{split}:{group}", subset(result, ids),
                                         subset(base[split], ids), ks))
     return rows
+
+
+def prompt_tiers(config: TrainConfig) -> dict[str, str]:
+    """Evaluation prompt id -> the task's difficulty tier, for tasks whose rows carry ``difficulty``
+    (Countdown's easy / moderate / hard); empty otherwise."""
+    from .sources import task_data
+    from .tasks import get_task
+
+    if config.dataset or not hasattr(get_task(config.task), "DIFFICULTIES"):
+        return {}
+
+    return {row["id"]: row["difficulty"] for rows in task_data(config).eval.values() for row in rows if "difficulty" in row}
 
 
 def parse_variants(specs: Iterable[str]) -> dict[str, dict[str, Any]]:
@@ -153,6 +169,7 @@ def compare(base_config: TrainConfig, variants: dict[str, dict[str, Any]], seeds
     """
     out_dir, splits, ks = Path(out_dir), list(splits), base_config.eval_ks
     rows: list[dict[str, Any]] = []
+    tiers = prompt_tiers(base_config)
     for seed in seeds:
         base_dir = out_dir / "base" / f"seed{seed}"
         base_cfg = dataclasses.replace(base_config, seed=seed, output_dir=str(base_dir))
@@ -161,7 +178,7 @@ def compare(base_config: TrainConfig, variants: dict[str, dict[str, Any]], seeds
         else:
             base = evaluate_base(base_cfg, splits)
         rows += [summary_row("base", seed, s, r, r, ks) for s, r in base.items()]
-        rows += difficulty_rows("base", seed, base, base, ks)
+        rows += difficulty_rows("base", seed, base, base, ks, tiers)
         for name, overrides in variants.items():
             run_dir = out_dir / name / f"seed{seed}"
             cfg = dataclasses.replace(base_config, **overrides, seed=seed, output_dir=str(run_dir),
@@ -171,7 +188,7 @@ def compare(base_config: TrainConfig, variants: dict[str, dict[str, Any]], seeds
             else:
                 results = run(cfg, splits=list(base))["eval"]
             rows += [summary_row(name, seed, s, r, base.get(s), ks) for s, r in results.items()]
-            rows += difficulty_rows(name, seed, results, base, ks)
+            rows += difficulty_rows(name, seed, results, base, ks, tiers)
         write_tables(rows, out_dir)
     return rows
 

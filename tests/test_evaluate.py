@@ -186,3 +186,17 @@ def test_near_perfect_split_of_held_out_prompts():
     rows = {r["split"]: r for r in difficulty_rows("grpo", 0, {"test": other}, {"test": base}, ks=[1, 8])}
     assert rows["test:near-perfect"]["pass@1"] == 0.5 and rows["test:near-perfect"]["kept_frac"] == 0.5
     assert rows["test:exploration"]["pass@1"] == 0.5 and rows["test:exploration"]["distinct_correct"] == 2
+    tiered = {r["split"]: r for r in difficulty_rows("grpo", 0, {"test": other}, {"test": base}, ks=[1, 8],
+                                                     tiers={"a": "easy", "b": "easy", "c": "hard"})}
+    assert tiered["test:easy"]["pass@1"] == 0.5 and tiered["test:hard"]["pass@1"] == 0.5
+    assert "test:moderate" not in tiered
+
+
+def test_prompt_tiers_name_the_difficulty_of_each_countdown_eval_prompt():
+    from dphrl_mini.config import preset_config
+    from dphrl_mini.experiments import prompt_tiers
+
+    tiers = prompt_tiers(preset_config("tiny-cpu", task="countdown", eval_size=10, ood_size=5, train_size=10))
+    assert len(tiers) == 15 and set(tiers.values()) <= {"easy", "moderate", "hard"}
+    assert prompt_tiers(preset_config("tiny-cpu", task="sql", eval_size=2, ood_size=2, train_size=2)) == {}
+
