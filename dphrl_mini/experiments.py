@@ -103,14 +103,13 @@ def difficulty_rows(name: str, seed: int, results: dict[str, EvalResult], base: 
     ``"{split}:exploration"`` by the base model's own samples (``near_perfect_ids``), and
     ``"{split}:{tier}"`` by the task's difficulty tier of each prompt (``tiers``: id -> tier, e.g.
     Countdown's easy / moderate / hard): where each method gains and where it loses."""
-    rows = []
+    rows, tiers = [], tiers or {}
     for split, result in results.items():
         if split not in base:
             continue
         near = near_perfect_ids(base[split])
         groups = [("near-perfect", near), ("exploration", set(base[split].ids) - near)]
-        for tier in dict.fromkeys((tiers or {}).values()):
-            groups.append((tier, {i for i in base[split].ids if (tiers or {}).get(i) == tier}))
+        groups += [(tier, {i for i in base[split].ids if tiers.get(i) == tier}) for tier in dict.fromkeys(tiers.values())]
         for group, ids in groups:
             if ids:
                 rows.append(summary_row(name, seed, f"{split}:{group}", subset(result, ids),
