@@ -132,8 +132,9 @@ def _save_compare_report(rows: list[dict], out: Path, splits: list[str], k: int)
         report.append(f"## {split}\n\n{table}\n")
         fig = plot_pass_at_k_curves(out, split=split)
         fig.savefig(out / f"pass_at_k_{split}.png", dpi=120, bbox_inches="tight")
-        for group in ("near-perfect", "exploration", "easy", "moderate", "hard"):  # experiments.difficulty_rows
-            if any(r["split"] == f"{split}:{group}" for r in rows):
+        groups = [r["split"].split(":", 1)[1] for r in rows if r["split"].startswith(f"{split}:")]
+        for group in dict.fromkeys(["near-perfect", "exploration", *groups]):  # then the task's tiers, if any
+            if group in groups:  # experiments.difficulty_rows
                 table = format_table(rows, f"{split}:{group}")
                 print(f"\n{split}, {group} prompts:\n{table}")
                 report.append(f"### {split}, {group} prompts\n\n{table}\n")

@@ -123,10 +123,11 @@ def prompt_tiers(config: TrainConfig) -> dict[str, str]:
     from .sources import task_data
     from .tasks import get_task
 
-    if config.dataset or not hasattr(get_task(config.task), "DIFFICULTIES"):
+    task = get_task(config.task)
+    if config.dataset or not hasattr(task, "DIFFICULTIES"):
         return {}
-
-    return {row["id"]: row["difficulty"] for rows in task_data(config).eval.values() for row in rows if "difficulty" in row}
+    rows = [row for split_rows in task_data(config).eval.values() for row in split_rows]
+    return {row["id"]: tier for tier in task.DIFFICULTIES for row in rows if row.get("difficulty") == tier}  # tier order
 
 
 def parse_variants(specs: Iterable[str]) -> dict[str, dict[str, Any]]:

@@ -89,8 +89,8 @@ def test_figures_table_marks_targets():
 
 @pytest.mark.slow
 def test_build_tiny_model_smoke(tmp_path):
-    out = tiny.build_tiny_model(tmp_path / "tiny", steps=20, countdown_problems=40, countdown_mix_problems=20, sql_problems=20,
-                                per_problem=2, batch_size=8)
+    out = tiny.build_tiny_model(tmp_path / "tiny", steps=20, countdown_problems=40, countdown_mix_problems=20,
+                                sql_problems=20, per_problem=2, batch_size=8)
     tokenizer = AutoTokenizer.from_pretrained(out)
     model = AutoModelForCausalLM.from_pretrained(out)
     assert torch.isfinite(model(**tokenizer(["1 2 -> 3:"], return_tensors="pt")).logits).all()
