@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from pathlib import Path
 
 import matplotlib
@@ -57,6 +58,9 @@ def run_demo(out_dir: str | Path = "outputs/demo", quick: bool = False, steps: i
                         eval_ks=[1, 2, 4, 8, 16] if quick else [1, 2, 4, 8, 16, 32, 64],
                         prompts_per_step=8 if quick else 16, save_every=max(steps, 1))
     cfg = dataclasses.replace(cfg, output_dir=str(out / "runs"))
+    if (out / "runs").exists():  # the demo's own folder: each demo is a fresh run
+        print(f"replacing the previous demo's runs in {out / 'runs'}")
+        shutil.rmtree(out / "runs")
     print(f"Training the tiny model on Countdown: GRPO vs DPH-JS, {steps} steps each, same prompts and seed")
     rows = compare(cfg, {"grpo": {"method": "grpo"}, "dph_js": {"method": "dph_js"}},
                    seeds=[0], out_dir=out / "runs", splits=["test"], reuse=False)
