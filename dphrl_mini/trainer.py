@@ -402,7 +402,7 @@ class Trainer:
         if not finite:  # counted per step in _step (max_nonfinite_steps)
             self.optimizer.zero_grad(set_to_none=True)
             with warnings.catch_warnings():  # stepping the schedule without an update is intended here
-                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+                warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
                 self.scheduler.step()  # the schedule follows update slots, so a skip does not stretch it
             warnings.warn(f"step {self.step_index + 1}: non-finite loss or gradient; update skipped")
             return False
