@@ -170,10 +170,15 @@ def load_policy(name_or_path: str = "tiny", *, quantization: str | None = None, 
 
     gc_kwargs = {"use_reentrant": False}
     if bnb_config is not None:  # freezes the base, upcasts norms, enables checkpointing if asked
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
-                                                gradient_checkpointing_kwargs=gc_kwargs)
+        with warnings.catch_warnings():  # peft calls the name transformers 5.x deprecates (not ours)
+            warnings.filterwarnings("ignore", message=".*gradient_checkpointing", category=FutureWarning)
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
+                                                    gradient_checkpointing_kwargs=gc_kwargs)
     elif gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gc_kwargs)
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x's name
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=gc_kwargs)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gc_kwargs)
         model.enable_input_require_grads()  # the frozen embedding output must carry grad
     if gradient_checkpointing:
         model.config.use_cache = False

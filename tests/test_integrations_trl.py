@@ -60,9 +60,11 @@ def grpo_config(tmp_path, **overrides) -> GRPOConfig:
     values = dict(output_dir=str(tmp_path), num_generations=4, per_device_train_batch_size=8,
                   gradient_accumulation_steps=2, max_completion_length=16, beta=0.0, loss_type="dapo",
                   epsilon=0.2, use_vllm=False, report_to="none", logging_steps=1, max_steps=2,
-                  learning_rate=1e-2, temperature=1.0, bf16=False, gradient_checkpointing=False, use_cpu=True,
-                  save_strategy="no", seed=0,
+                  learning_rate=1e-2, temperature=1.0, bf16=False, use_cpu=True, save_strategy="no", seed=0,
                   disable_tqdm=True, dataloader_num_workers=0)
+    checkpointing = next(f for f in ("activation_checkpointing", "gradient_checkpointing")  # transformers 5 renamed it
+                         if f in GRPOConfig.__dataclass_fields__)
+    values[checkpointing] = False
     values.update(overrides)
     return GRPOConfig(**values)
 
