@@ -238,6 +238,15 @@ def aggregate_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return table
 
 
+def pareto_front(rows: list[dict[str, Any]], x: str = "pass@1", y: str = "pass@64",
+                 split: str = "test") -> list[str]:
+    """The methods on the Pareto front of (x, y), mean over seeds: no other method is at least as good
+    on both and better on one."""
+    table = [r for r in aggregate_rows(rows) if r["split"] == split]
+    return [r["method"] for r in table
+            if not any(o[x] >= r[x] and o[y] >= r[y] and (o[x] > r[x] or o[y] > r[y]) for o in table)]
+
+
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     fields = list(dict.fromkeys(k for row in rows for k in row))
     path.parent.mkdir(parents=True, exist_ok=True)

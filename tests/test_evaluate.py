@@ -200,3 +200,15 @@ def test_prompt_tiers_name_the_difficulty_of_each_countdown_eval_prompt():
     assert len(tiers) == 15 and set(tiers.values()) <= {"easy", "moderate", "hard"}
     assert list(dict.fromkeys(tiers.values())) == [t for t in ("easy", "moderate", "hard") if t in tiers.values()]
     assert prompt_tiers(preset_config("tiny-cpu", task="sql", eval_size=2, ood_size=2, train_size=2)) == {}
+
+
+def test_pareto_front_keeps_the_undominated_means_over_seeds():
+    from dphrl_mini.experiments import pareto_front
+
+    def row(method, seed, p1, p64):
+        return {"method": method, "seed": seed, "split": "test", "pass@1": p1, "pass@64": p64}
+
+    rows = [row("base", 0, 0.1, 0.9), row("a", 0, 0.3, 0.5), row("a", 1, 0.1, 0.5),  # mean 0.2 / 0.5
+            row("b", 0, 0.25, 0.6), row("c", 0, 0.3, 0.6), row("d", 0, 0.1, 0.9)]
+    assert pareto_front(rows) == ["base", "c", "d"]  # a (by its mean) and b are below c; equal points both stay
+    assert pareto_front(rows + [row("e", 0, 0.1, 0.95)]) == ["c", "e"]
