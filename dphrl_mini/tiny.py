@@ -396,7 +396,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="SQL warm-start queries copy the question's numbers (no k+1 rewrites)")
     parser.add_argument("--lr", type=float, default=TinyConfig.lr)
     parser.add_argument("--no-eval", action="store_true", help="skip the Pass@k measurement")
-    parser.add_argument("--measure", metavar="MODEL_DIR", default=None,
+    parser.add_argument("--measure", metavar="MODEL_DIR", nargs="?", const="", default=None,
                         help="only measure an existing checkpoint (default: the built-in one) and print its figures")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")

@@ -95,3 +95,17 @@ def test_build_tiny_model_smoke(tmp_path):
     model = AutoModelForCausalLM.from_pretrained(out)
     assert torch.isfinite(model(**tokenizer(["1 2 -> 3:"], return_tensors="pt")).logits).all()
     assert "--steps 20" in (out / "README.md").read_text()
+
+
+def test_measure_flag_alone_measures_the_built_in_model(monkeypatch, capsys):
+    """``python -m dphrl_mini.tiny --measure`` (as the README writes it) takes the committed checkpoint."""
+    seen = {}
+
+    def fake_measure(model, tokenizer, progress=False):
+        seen["vocab"] = len(tokenizer)
+        return {"countdown/test": {"pass@1": 0.2}}
+
+    monkeypatch.setattr(tiny, "measure", fake_measure)
+    tiny.main(["--measure"])
+    assert seen["vocab"] == len(tiny.build_tokenizer())
+    assert "| countdown/test | pass@1 | 0.200 | 0.3-0.5 | **missed** |" in capsys.readouterr().out
