@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -39,6 +39,14 @@ def _smooth(values: np.ndarray, window: int) -> np.ndarray:
     return np.convolve(np.pad(values, (window - 1, 0), mode="edge"), kernel, mode="valid")
 
 
+def variant_colors(names: Iterable[str]) -> dict[str, Any]:
+    """Each variant's family colour (``style.family_color``); several variants of one family get
+    shades of it in a fixed order (the family's plain variant first, then by name), so that one set
+    of variants is coloured the same in every figure, whatever order a figure draws them in."""
+    order = sorted(set(names), key=lambda n: (family(n), n != family(n), n))
+    return dict(zip(order, distinct_colors([family_color(n) for n in order])))
+
+
 def plot_training_curves(histories: Mapping[str, list[dict] | str | Path], keys: Iterable[str] = TRAINING_KEYS,
                          smooth: int = 5) -> plt.Figure:
     """One panel per metric, one line per run (moving average over ``smooth`` steps)."""
@@ -47,7 +55,7 @@ def plot_training_curves(histories: Mapping[str, list[dict] | str | Path], keys:
     cols = min(3, len(keys)) or 1
     rows = int(np.ceil(len(keys) / cols)) or 1
     fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.7 * rows + 0.5), squeeze=False, layout="constrained")
-    colors = dict(zip(runs, distinct_colors([family_color(name) for name in runs])))
+    colors = variant_colors(runs)
     for ax, key in zip(axes.flat, keys):
         scale = 100 if is_percent(key) else 1
         for name, history in runs.items():
@@ -103,7 +111,7 @@ def plot_pass_at_k_curves(results: Mapping[str, EvalResult | list[EvalResult]] |
         results = load_results(results, split)
     curves = _curves(results)
     names = sorted(curves, key=lambda n: -curves[n][1].mean(0)[-1])  # legend in the order of the right ends
-    colors = dict(zip(names, distinct_colors([family_color(n) for n in names])))
+    colors = variant_colors(names)
     fig, ax = plt.subplots(figsize=(7.5, 4.2), layout="constrained")
     for name in names:
         ks, values = curves[name]
@@ -134,7 +142,7 @@ def plot_metric_bars(rows: list[dict], metric: str = "distinct_correct", split: 
     table = sorted(table, key=lambda r: r["method"] != "base")  # base on top
     scale = 100 if is_percent(metric) else 1
     names = [r["method"] for r in table]
-    colors = distinct_colors([family_color(n) for n in names])
+    colors = [variant_colors(names)[n] for n in names]
     values = [scale * r[metric] for r in table]
     errors = [scale * r.get(f"{metric}_std", 0.0) for r in table]
     fig, ax = plt.subplots(figsize=(7.0, 0.42 * len(table) + 1.3), layout="constrained")
@@ -186,7 +194,7 @@ def plot_pareto(rows: list[dict], x: str = "pass@1", y: str = "pass@64", split: 
     for r in table:
         groups.setdefault(group(r["method"]), []).append(r)
     names = _base_first(groups)
-    colors = dict(zip(names, distinct_colors([family_color(g) for g in names])))
+    colors = variant_colors(names)
     fig, ax = plt.subplots(figsize=(9.0, 5.0))
     seen: dict[str, int] = {}
     labels = []  # (xy, text, colour) of each swept point

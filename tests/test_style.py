@@ -60,3 +60,16 @@ def test_tables_and_axes_use_display_names_and_percent():
     assert "| DPH-JS η=4, all refs |" in table and "keep_references" not in table
     assert metric_label("pass@64") == "Pass@64 (%)" and metric_label("kept_frac").endswith("(%)")
     assert "%" not in metric_label("distinct_correct")
+
+
+def test_variant_colors_do_not_depend_on_drawing_order():
+    """A figure that draws the same variants in another order (bars by value, curves by Pass@64) gives
+    each the same colour; the family's plain variant keeps the pure family colour."""
+    from dphrl_mini.plots import variant_colors
+
+    names = ["dph_forward_kl_eta1", "grpo", "dph_forward_kl", "dph_forward_kl_eta0.03", "base"]
+    colors = variant_colors(names)
+    assert colors == variant_colors(reversed(names)) == variant_colors(sorted(names))
+    assert colors["dph_forward_kl"] == family_color("dph_forward_kl") and colors["base"] == family_color("base")
+    fam = {to_hex(colors[n]) for n in names if n.startswith("dph_forward_kl")}
+    assert len(fam) == 3  # shades of one family stay apart
