@@ -155,7 +155,8 @@ def _as_number(value: Any, integer: bool) -> Any:
 class TrainConfig:
     # --- model -------------------------------------------------------------------------------
     model: str = "tiny"
-    """Hugging Face id or local path; "tiny" is the built-in character-level model."""
+    """Hugging Face id or local path; "tiny" is the built-in character-level model,
+    "tiny-rft" the same after rejection-sampling fine-tuning (in the papers' regime on Countdown)."""
     quantization: str | None = None
     """None, "4bit" (NF4, double quant) or "8bit" (bitsandbytes)."""
     lora_rank: int = 16

@@ -2,8 +2,9 @@
 
 Behaviour of ``load_policy`` (DESIGN.md §2-3):
 
-1. ``"tiny"`` / ``"dphrl-mini/tiny"`` is the project's own character-level model
-   (``tiny.tiny_model_path()``); anything else is a Hugging Face id or local path loaded with
+1. ``"tiny"`` / ``"dphrl-mini/tiny"`` is the project's own character-level model and ``"tiny-rft"``
+   / ``"dphrl-mini/tiny-rft"`` the same after rejection-sampling fine-tuning
+   (``tiny.tiny_model_path(name)``); anything else is a Hugging Face id or local path loaded with
    ``AutoModelForCausalLM`` / ``AutoTokenizer``. A local folder is made absolute (so the adapter's
    ``base_model_name_or_path`` resolves from any working directory); a path that does not exist
    is an error.
@@ -46,20 +47,21 @@ from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_t
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 logger = logging.getLogger(__name__)
-TINY_NAMES = ("tiny", "dphrl-mini/tiny")
+TINY_NAMES = {"tiny": "tiny", "dphrl-mini/tiny": "tiny", "tiny-rft": "tiny-rft", "dphrl-mini/tiny-rft": "tiny-rft"}
+"""Names of the built-in models -> their folder under ``dphrl_mini/assets``."""
 _DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16,
            "fp16": torch.float16, "float32": torch.float32, "fp32": torch.float32}
 
 
 def resolve_model_path(name_or_path: str) -> str:
-    """``"tiny"`` -> the built-in checkpoint directory; an existing local folder -> its absolute path;
-    a hub id (``name`` or ``owner/name``) unchanged; a missing local path -> ``ValueError``."""
+    """``"tiny"``/``"tiny-rft"`` -> the built-in checkpoint directory; an existing local folder -> its
+    absolute path; a hub id (``name`` or ``owner/name``) unchanged; a missing local path -> ``ValueError``."""
     from .sources import looks_like_path
 
     if name_or_path in TINY_NAMES:
         from .tiny import tiny_model_path
 
-        return str(tiny_model_path())
+        return str(tiny_model_path(TINY_NAMES[name_or_path]))
     path = Path(name_or_path).expanduser()
     if path.exists():
         return str(path.resolve())

@@ -16,10 +16,15 @@ The hub is unreachable in tests and CI, so the project builds its own policy (DE
    policy spreads its mass over many correct answers: moderate Pass@1, high Pass@k. Training is
    deliberately short: an underfit, broad policy is what the RLVR experiments need; a sharp one
    would leave nothing for Pass@k to measure. The ``"test"``/``"ood"`` splits are never used.
+4. **Rejection-sampling fine-tuning** (optional, ``rft_rounds``; STaR / RFT): the warm-started
+   model samples 8 answers for each of 4,000 training problems and trains on its own distinct
+   correct ones (``rft_pairs``). This is how an instruct model comes out of post-training: sharper
+   on what it can solve (higher Pass@1, a near-perfect set), still broad. The built-in
+   ``tiny-rft`` is ``tiny`` plus one round.
 
-``python -m dphrl_mini.tiny --out dphrl_mini/assets/tiny`` reproduces the committed checkpoint
-and writes its README with the Pass@1 / Pass@64 / distinct-solution numbers measured by
-``measure`` (the project's evaluator, temperature 1, no top-k/top-p).
+Each committed checkpoint (``dphrl_mini/assets/tiny``, ``dphrl_mini/assets/tiny-rft``) has a README
+with the command that rebuilds it and the figures measured by ``measure`` (the project's evaluator,
+temperature 1, no top-k/top-p) against the papers' regime (``TARGETS``).
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ import math
 import os
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
@@ -42,8 +47,12 @@ logger = logging.getLogger(__name__)
 
 SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<unk>")  # ids 0, 1, 2, 3
 CHARS = ("\n",) + tuple(chr(i) for i in range(32, 127))
-ASSET_DIR = Path(__file__).resolve().parent / "assets" / "tiny"
+ASSET_ROOT = Path(__file__).resolve().parent / "assets"
+ASSET_DIR = ASSET_ROOT / "tiny"
 SFT_SEED = 12345  # SFT problems: the "train" generator, but not the RL prompts' seed
+RFT_SEED = 777  # rejection-sampling problems: the "train" generator with yet another seed
+RFT_PROBLEMS = {"countdown": 3000, "sql": 1000}  # training problems sampled per round
+RFT_SAMPLES, RFT_WARMUP_STEPS = 8, 20
 MEASURE_PROMPTS, MEASURE_SAMPLES = 100, 64  # per split, per prompt (README numbers)
 
 
@@ -119,6 +128,14 @@ class TinyConfig:
     """``torch.set_num_threads``: the build must fit a small shared CPU."""
     init_from: str | None = None
     """Start from this checkpoint instead of random weights (a second, SQL-heavier stage)."""
+    rft_rounds: int = 0
+    """Rounds of rejection-sampling fine-tuning after the warm start (``rft_pairs``): the model
+    trains on its own distinct correct answers, which sharpens the problems it can solve (higher
+    Pass@1, a near-perfect set) as an instruct model's post-training does. 0: none."""
+    rft_steps: int = 600
+    """Optimizer steps per rejection-sampling round."""
+    rft_lr: float = 5e-4
+    """Peak learning rate of a rejection-sampling round."""
 
 
 def tiny_model_config(cfg: TinyConfig, vocab_size: int) -> LlamaConfig:
@@ -196,7 +213,8 @@ def _collate(examples, index: list[int], pad_id: int):
 
 
 def train_tiny(cfg: TinyConfig, log_every: int = 50, callback=None):
-    """Build tokenizer + random model and run the supervised warm start; returns (model, tokenizer)."""
+    """Build tokenizer + model (random, or ``init_from``), run the supervised warm start and then
+    ``rft_rounds`` rounds of rejection-sampling fine-tuning; returns (model, tokenizer)."""
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
     tokenizer = build_tokenizer(cfg.max_position_embeddings)
@@ -204,26 +222,60 @@ def train_tiny(cfg: TinyConfig, log_every: int = 50, callback=None):
         model = LlamaForCausalLM.from_pretrained(cfg.init_from, dtype=torch.float32)
     else:
         model = LlamaForCausalLM(tiny_model_config(cfg, len(tokenizer)))
-    examples = encode_pairs(tokenizer, sft_pairs(cfg), cfg.max_position_embeddings)
+    if cfg.steps:
+        _fit(model, tokenizer, sft_pairs(cfg), cfg, cfg.steps, cfg.lr, cfg.warmup_steps, rng, log_every, callback,
+             schedule_steps=cfg.schedule_steps)
+    for round_index in range(cfg.rft_rounds):
+        model.eval()
+        pairs = rft_pairs(model, tokenizer, seed=cfg.seed, round_index=round_index)
+        logger.info("rejection-sampling round %d/%d: %d distinct correct samples", round_index + 1, cfg.rft_rounds,
+                    len(pairs))
+        _fit(model, tokenizer, pairs, cfg, cfg.rft_steps, cfg.rft_lr, RFT_WARMUP_STEPS, rng, log_every)
+    model.eval()
+    return model, tokenizer
+
+
+def rft_pairs(model, tokenizer, seed: int = 0, round_index: int = 0) -> list[tuple[str, str]]:
+    """Rejection sampling (STaR / RFT): ``RFT_SAMPLES`` completions at temperature 1 for each of
+    ``RFT_PROBLEMS[task]`` training problems (``RFT_SEED + seed``, the same problems every round), and
+    every *distinct* correct answer (``solution_key``) kept once as a (prompt, completion) pair: the
+    model's own solutions, each solved problem's equally weighted, nothing for unsolved ones."""
+    from .evaluate import evaluate
+    from .tasks import countdown, sql
+
+    pairs = []
+    for task, max_new in ((countdown, 32), (sql, 96)):
+        rows = task.make_dataset("train", RFT_PROBLEMS[task.NAME], seed=RFT_SEED + seed)
+        result = evaluate(model, tokenizer, rows, task, n=RFT_SAMPLES, max_new_tokens=max_new,
+                          seed=seed + round_index, greedy=False, progress=False)
+        pairs += [(row["prompt"], key) for row, keys in zip(rows, result.distinct_keys) for key in sorted(keys)]
+    return pairs
+
+
+def _fit(model, tokenizer, pairs, cfg: TinyConfig, steps: int, lr: float, warmup_steps: int, rng: random.Random,
+         log_every: int = 50, callback=None, schedule_steps: int | None = None) -> None:
+    """``steps`` AdamW steps of next-token loss on the completions of ``pairs`` (linear warm-up,
+    cosine decay to 10% of ``lr`` over ``schedule_steps``, default ``steps``)."""
+    examples = encode_pairs(tokenizer, pairs, cfg.max_position_embeddings)
     logger.info("tiny: %d SFT sequences, %d parameters", len(examples), model.num_parameters())
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr,
+        lr=lr,
         betas=(0.9, 0.98),
     )
 
     def lr_at(step: int) -> float:  # linear warm-up, cosine decay to 10% of the peak
-        if step < cfg.warmup_steps:
-            return cfg.lr * (step + 1) / cfg.warmup_steps
-        progress = (step - cfg.warmup_steps) / max(1, (cfg.schedule_steps or cfg.steps) - cfg.warmup_steps)
-        return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+        if step < warmup_steps:
+            return lr * (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, (schedule_steps or steps) - warmup_steps)
+        return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
     model.train()
     batches = _batches(examples, cfg.batch_size, rng)
     start, running = time.time(), 0.0
-    for step in range(cfg.steps):
+    for step in range(steps):
         input_ids, attention_mask, labels = _collate(examples, next(batches), tokenizer.pad_token_id)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step)
@@ -233,14 +285,12 @@ def train_tiny(cfg: TinyConfig, log_every: int = 50, callback=None):
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         running += loss.item()
-        if (step + 1) % log_every == 0 or step + 1 == cfg.steps:
+        if (step + 1) % log_every == 0 or step + 1 == steps:
             n = (step % log_every) + 1
-            logger.info("step %d/%d loss %.4f (%.0fs)", step + 1, cfg.steps, running / n, time.time() - start)
+            logger.info("step %d/%d loss %.4f (%.0fs)", step + 1, steps, running / n, time.time() - start)
             running = 0.0
             if callback is not None:
                 callback(step + 1, model, tokenizer)
-    model.eval()
-    return model, tokenizer
 
 
 def measure(model, tokenizer, n_prompts: int = MEASURE_PROMPTS, n: int = MEASURE_SAMPLES, seed: int = 0,
@@ -313,28 +363,33 @@ def figures_table(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def _readme(cfg: TinyConfig, n_params: int, seconds: float, results: dict[str, dict] | None) -> str:
+def _readme(cfg: TinyConfig, n_params: int, seconds: float, results: dict[str, dict] | None, out: Path) -> str:
     """The checkpoint's README: the command that rebuilds it, its size, and the measured metrics."""
     defaults = TinyConfig()
-    changed = [name for name in ("steps", "schedule_steps", "seed", "init_from", "countdown_problems",
-                                 "countdown_mix_problems", "sql_problems", "sql_copy_numbers_only", "lr")
-               if getattr(cfg, name) != getattr(defaults, name)]
-    args = "".join(f" --{name.replace('_', '-')}" + ("" if isinstance(getattr(cfg, name), bool) else f" {getattr(cfg, name)}")
-                   for name in changed)
+    args = ""
+    for f in fields(TinyConfig):
+        value = getattr(cfg, f.name)
+        if value != getattr(defaults, f.name) and f.name != "num_threads":
+            args += f" --{f.name.replace('_', '-')}" + ("" if isinstance(value, bool) else f" {value}")
+    where = f"dphrl_mini/assets/{out.name}" if out.resolve().parent == ASSET_ROOT else str(out)
     lines = [
-        "# dphrl-mini tiny model",
+        f"# dphrl-mini {out.name} model",
         "",
         "A character-level Llama (4 layers, 4 heads, 2 KV heads, tied embeddings) built by the",
         "project itself and warm-started by supervised fine-tuning on countdown and SQL problems with",
-        "several different correct solutions per problem (see `dphrl_mini/tiny.py`). Reproduce it with",
+        "several different correct solutions per problem (see `dphrl_mini/tiny.py`)"
+        + (f", then {cfg.rft_rounds} round{'s' * (cfg.rft_rounds > 1)} of rejection-sampling fine-tuning on its own "
+           "distinct correct answers (`rft_pairs`)" if cfg.rft_rounds else "") + ". Reproduce it with",
         "",
         "```",
-        f"python -m dphrl_mini.tiny --out dphrl_mini/assets/tiny{args}",
+        f"python -m dphrl_mini.tiny --out {where}{args}",
         "```",
         "",
         f"- parameters: {n_params:,} (float32 safetensors)",
-        f"- training: {cfg.steps} steps x {cfg.batch_size} sequences, {seconds / 60:.1f} min on "
-        f"{cfg.num_threads} CPU threads (shared with other jobs)",
+        f"- training: {cfg.steps} steps x {cfg.batch_size} sequences"
+        + (f" + {cfg.rft_rounds} x ({RFT_SAMPLES} samples for each of {sum(RFT_PROBLEMS.values()):,} problems, "
+           f"{cfg.rft_steps} steps)" if cfg.rft_rounds else "")
+        + f", {seconds / 60:.1f} min on {cfg.num_threads} CPU threads",
         f"- build config: `{asdict(cfg)}`",
         "",
     ]
@@ -342,9 +397,18 @@ def _readme(cfg: TinyConfig, n_params: int, seconds: float, results: dict[str, d
         lines += [f"Measured after the build by `tiny.measure` (the project's evaluator, temperature 1.0, no "
                   f"top-k/top-p; {MEASURE_SAMPLES} samples for each of {MEASURE_PROMPTS} held-out prompts per split; "
                   "near-perfect shares over the experiments' RL training prompts). Targets: the papers' regime "
-                  "(moderate Pass@1, high Pass@k, a near-perfect set, reachable out-of-domain splits).", "",
+                  "(moderate Pass@1, high Pass@k, a near-perfect set, reachable out-of-domain splits). "
+                  f"Re-measure with `python -m dphrl_mini.tiny --measure {out.name}`.", "",
                   figures_table(results)]
     return "\n".join(lines) + "\n"
+
+
+BUILT_IN = {
+    "tiny": lambda: {},
+    "tiny-rft": lambda: {"init_from": str(tiny_model_path("tiny")), "steps": 0, "rft_rounds": 1},
+}
+"""The built-in models (``dphrl_mini/assets/NAME``) and the ``TinyConfig`` overrides that rebuild
+one when it is missing (the committed checkpoints' exact commands are in their READMEs)."""
 
 
 def build_tiny_model(out_dir: str | Path, steps: int = TinyConfig.steps, seed: int = 0,
@@ -366,51 +430,54 @@ def build_tiny_model(out_dir: str | Path, steps: int = TinyConfig.steps, seed: i
     results = measure(model, tokenizer) if evaluate else None
     if results:
         logger.info("measured figures:\n%s", figures_table(results))
-    (out / "README.md").write_text(_readme(cfg, model.num_parameters(), seconds, results))
+    (out / "README.md").write_text(_readme(cfg, model.num_parameters(), seconds, results, out))
     logger.info("tiny model saved to %s (%.1f min of training)", out, seconds / 60)
     return out
 
 
-def tiny_model_path() -> Path:
-    """The committed tiny checkpoint; if it is missing, build one into a cache dir (slow, once)."""
-    if (ASSET_DIR / "model.safetensors").exists():
-        return ASSET_DIR
-    cache = Path(os.environ.get("DPHRL_CACHE", Path.home() / ".cache" / "dphrl_mini")) / "tiny"
+def tiny_model_path(name: str = "tiny") -> Path:
+    """A built-in checkpoint (``BUILT_IN``); if it is missing from the package, build one into a
+    cache dir (slow, once)."""
+    if name not in BUILT_IN:
+        raise ValueError(f"built-in model must be one of {sorted(BUILT_IN)}, got {name!r}")
+    if (ASSET_ROOT / name / "model.safetensors").exists():
+        return ASSET_ROOT / name
+    cache = Path(os.environ.get("DPHRL_CACHE", Path.home() / ".cache" / "dphrl_mini")) / name
     if not (cache / "model.safetensors").exists():
-        logger.warning("tiny checkpoint missing from the package; building it into %s (~10 min)", cache)
-        build_tiny_model(cache)
+        logger.warning("%s checkpoint missing from the package; building it into %s (~30 min)", name, cache)
+        build_tiny_model(cache, **BUILT_IN[name]())
     return cache
+
+
+def _field_type(f) -> type:
+    """The Python type of a ``TinyConfig`` field (annotations are strings: ``"int | None"``)."""
+    return {"int": int, "float": float, "str": str, "bool": bool}[str(f.type).split("|")[0].strip()]
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=str(ASSET_DIR), help="output directory")
-    parser.add_argument("--steps", type=int, default=TinyConfig.steps)
-    parser.add_argument("--schedule-steps", type=int, default=None, help="lr schedule length (default: --steps)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--init-from", default=None, help="continue from this checkpoint (stage 2)")
-    parser.add_argument("--countdown-problems", type=int, default=TinyConfig.countdown_problems)
-    parser.add_argument("--countdown-mix-problems", type=int, default=TinyConfig.countdown_mix_problems)
-    parser.add_argument("--sql-problems", type=int, default=TinyConfig.sql_problems)
-    parser.add_argument("--sql-copy-numbers-only", action="store_true",
-                        help="SQL warm-start queries copy the question's numbers (no k+1 rewrites)")
-    parser.add_argument("--lr", type=float, default=TinyConfig.lr)
+    parser.add_argument("--out", default=str(ASSET_DIR), help="output directory (default: %(default)s)")
     parser.add_argument("--no-eval", action="store_true", help="skip the Pass@k measurement")
-    parser.add_argument("--measure", metavar="MODEL_DIR", nargs="?", const="", default=None,
-                        help="only measure an existing checkpoint (default: the built-in one) and print its figures")
+    parser.add_argument("--measure", metavar="MODEL", nargs="?", const="tiny", default=None,
+                        help=f"only measure a checkpoint (one of {', '.join(BUILT_IN)} or a folder; default: tiny) "
+                             "and print its figures")
+    for f in fields(TinyConfig):  # every build setting, with the TinyConfig default
+        flag = "--" + f.name.replace("_", "-")
+        if _field_type(f) is bool:
+            parser.add_argument(flag, action="store_true", help=f"set TinyConfig.{f.name}")
+        else:
+            parser.add_argument(flag, type=_field_type(f), default=f.default,
+                                help=f"TinyConfig.{f.name} (default: %(default)s)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.measure is not None:
         from transformers import AutoTokenizer
 
-        path = args.measure or tiny_model_path()
+        path = tiny_model_path(args.measure) if args.measure in BUILT_IN else args.measure
         model = LlamaForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
         print(figures_table(measure(model, AutoTokenizer.from_pretrained(path), progress=True)))
         return
-    build_tiny_model(args.out, steps=args.steps, seed=args.seed, evaluate=not args.no_eval,
-                     schedule_steps=args.schedule_steps, init_from=args.init_from,
-                     countdown_problems=args.countdown_problems, countdown_mix_problems=args.countdown_mix_problems,
-                     sql_problems=args.sql_problems, sql_copy_numbers_only=args.sql_copy_numbers_only, lr=args.lr)
+    build_tiny_model(args.out, evaluate=not args.no_eval, **{f.name: getattr(args, f.name) for f in fields(TinyConfig)})
 
 
 if __name__ == "__main__":

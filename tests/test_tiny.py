@@ -52,12 +52,14 @@ def test_sft_batches_mask_the_prompt(tokenizer):
     assert attention_mask.sum().item() == sum(len(e[0]) for e in examples)
 
 
-def test_committed_checkpoint_loads_and_generates():
-    path = tiny.tiny_model_path()
-    assert path == tiny.ASSET_DIR, "the tiny checkpoint must be committed in dphrl_mini/assets/tiny"
+@pytest.mark.parametrize("name", list(tiny.BUILT_IN))
+def test_committed_checkpoint_loads_and_generates(name):
+    path = tiny.tiny_model_path(name)
+    assert path == tiny.ASSET_ROOT / name, f"the {name} checkpoint must be committed in dphrl_mini/assets/{name}"
     size = sum(f.stat().st_size for f in path.iterdir())
     assert size <= 10 * 2**20
-    assert (path / "README.md").read_text().count("python -m dphrl_mini.tiny") >= 1
+    readme = (path / "README.md").read_text()
+    assert readme.count("python -m dphrl_mini.tiny") >= 1 and "| countdown/test | pass@1 |" in readme
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path).eval()
     assert model.config.num_key_value_heads < model.config.num_attention_heads  # GQA
@@ -109,3 +111,44 @@ def test_measure_flag_alone_measures_the_built_in_model(monkeypatch, capsys):
     tiny.main(["--measure"])
     assert seen["vocab"] == len(tiny.build_tokenizer())
     assert "| countdown/test | pass@1 | 0.200 | 0.3-0.5 | **missed** |" in capsys.readouterr().out
+
+
+def test_rft_pairs_keep_each_distinct_correct_answer_once(monkeypatch):
+    from dphrl_mini.tasks import sql
+
+    monkeypatch.setattr(tiny, "RFT_PROBLEMS", {"countdown": 24, "sql": 4})
+    path = tiny.tiny_model_path()
+    tokenizer, model = AutoTokenizer.from_pretrained(path), AutoModelForCausalLM.from_pretrained(path).eval()
+    pairs = tiny.rft_pairs(model, tokenizer, seed=0)
+    assert pairs and len(pairs) == len(set(pairs))
+    rows = {row["prompt"]: row for row in countdown.make_dataset("train", 24, seed=tiny.RFT_SEED)}
+    rows.update({row["prompt"]: row for row in sql.make_dataset("train", 4, seed=tiny.RFT_SEED)})
+    for prompt, completion in pairs:
+        row = rows[prompt]
+        if "numbers" in row:
+            assert countdown.is_correct(row["numbers"], row["target"], completion)
+        else:
+            assert sql.execution_match(row["db_path"], completion, row["gold_sql"])
+    assert tiny.rft_pairs(model, tokenizer, seed=0) == pairs  # seeded
+
+
+@pytest.mark.slow
+def test_build_with_rejection_sampling_rounds(tmp_path, monkeypatch):
+    monkeypatch.setattr(tiny, "RFT_PROBLEMS", {"countdown": 16, "sql": 2})
+    out = tiny.build_tiny_model(tmp_path / "tiny-rft", steps=0, init_from=str(tiny.tiny_model_path()), rft_rounds=1,
+                                rft_steps=3, batch_size=4)
+    readme = (out / "README.md").read_text()
+    assert "--steps 0" in readme and "--rft-rounds 1" in readme and "--rft-steps 3" in readme
+    assert "rejection-sampling fine-tuning" in readme
+    before = AutoModelForCausalLM.from_pretrained(tiny.tiny_model_path()).state_dict()
+    after = AutoModelForCausalLM.from_pretrained(out).state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # the round trained
+
+
+def test_built_in_names_resolve():
+    from dphrl_mini.models import resolve_model_path
+
+    assert resolve_model_path("dphrl-mini/tiny") == str(tiny.ASSET_ROOT / "tiny")
+    assert resolve_model_path("tiny-rft") == str(tiny.ASSET_ROOT / "tiny-rft")
+    with pytest.raises(ValueError, match="tiny-rft"):
+        tiny.tiny_model_path("tiny-sharp")
