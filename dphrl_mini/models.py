@@ -47,8 +47,6 @@ from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_t
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 logger = logging.getLogger(__name__)
-TINY_NAMES = {"tiny": "tiny", "dphrl-mini/tiny": "tiny", "tiny-rft": "tiny-rft", "dphrl-mini/tiny-rft": "tiny-rft"}
-"""Names of the built-in models -> their folder under ``dphrl_mini/assets``."""
 _DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16,
            "fp16": torch.float16, "float32": torch.float32, "fp32": torch.float32}
 
@@ -57,11 +55,11 @@ def resolve_model_path(name_or_path: str) -> str:
     """``"tiny"``/``"tiny-rft"`` -> the built-in checkpoint directory; an existing local folder -> its
     absolute path; a hub id (``name`` or ``owner/name``) unchanged; a missing local path -> ``ValueError``."""
     from .sources import looks_like_path
+    from .tiny import BUILT_IN, tiny_model_path
 
-    if name_or_path in TINY_NAMES:
-        from .tiny import tiny_model_path
-
-        return str(tiny_model_path(TINY_NAMES[name_or_path]))
+    built_in = str(name_or_path).removeprefix("dphrl-mini/")
+    if built_in in BUILT_IN:
+        return str(tiny_model_path(built_in))
     path = Path(name_or_path).expanduser()
     if path.exists():
         return str(path.resolve())

@@ -142,7 +142,7 @@ def plot_metric_bars(rows: list[dict], metric: str = "distinct_correct", split: 
     table = sorted(table, key=lambda r: r["method"] != "base")  # base on top
     scale = 100 if is_percent(metric) else 1
     names = [r["method"] for r in table]
-    colors = [variant_colors(names)[n] for n in names]
+    colors = list(map(variant_colors(names).get, names))
     values = [scale * r[metric] for r in table]
     errors = [scale * r.get(f"{metric}_std", 0.0) for r in table]
     fig, ax = plt.subplots(figsize=(7.0, 0.42 * len(table) + 1.3), layout="constrained")

@@ -152,3 +152,10 @@ def test_built_in_names_resolve():
     assert resolve_model_path("tiny-rft") == str(tiny.ASSET_ROOT / "tiny-rft")
     with pytest.raises(ValueError, match="tiny-rft"):
         tiny.tiny_model_path("tiny-sharp")
+
+
+def test_hub_style_names_of_the_built_ins():
+    from dphrl_mini.models import resolve_model_path
+
+    assert resolve_model_path("dphrl-mini/tiny-rft") == resolve_model_path("tiny-rft")
+    assert resolve_model_path("dphrl-mini/other") == "dphrl-mini/other"  # any other id stays a hub id
