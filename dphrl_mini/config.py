@@ -156,7 +156,8 @@ class TrainConfig:
     # --- model -------------------------------------------------------------------------------
     model: str = "tiny"
     """Hugging Face id or local path; "tiny" is the built-in character-level model,
-    "tiny-rft" the same after rejection-sampling fine-tuning (closer to the papers' regime, still short of it)."""
+    "tiny-rft" the same after a longer warm start and rejection-sampling fine-tuning (closer to the
+    papers' regime, still short of it)."""
     quantization: str | None = None
     """None, "4bit" (NF4, double quant) or "8bit" (bitsandbytes)."""
     lora_rank: int = 16

@@ -17,10 +17,10 @@ The hub is unreachable in tests and CI, so the project builds its own policy (DE
    deliberately short: an underfit, broad policy is what the RLVR experiments need; a sharp one
    would leave nothing for Pass@k to measure. The ``"test"``/``"ood"`` splits are never used.
 4. **Rejection-sampling fine-tuning** (optional, ``rft_rounds``; STaR / RFT): the warm-started
-   model samples 8 answers for each of 4,000 training problems and trains on its own distinct
-   correct ones (``rft_pairs``). This is how an instruct model comes out of post-training: sharper
-   on what it can solve (higher Pass@1, a near-perfect set), still broad. The built-in
-   ``tiny-rft`` is ``tiny`` plus one round.
+   model samples ``rft_samples`` answers for each of 4,000 training problems and trains on its own
+   distinct correct ones (``rft_pairs``). This is how an instruct model comes out of post-training:
+   sharper on what it can solve (higher Pass@1, a near-perfect set), still broad. The built-in
+   ``tiny-rft`` is ``tiny`` plus 1,500 more warm-start steps and one round of 32 samples.
 
 Each committed checkpoint (``dphrl_mini/assets/tiny``, ``dphrl_mini/assets/tiny-rft``) has a README
 with the command that rebuilds it and the figures measured by ``measure`` (the project's evaluator,
@@ -52,7 +52,7 @@ ASSET_DIR = ASSET_ROOT / "tiny"
 SFT_SEED = 12345  # SFT problems: the "train" generator, but not the RL prompts' seed
 RFT_SEED = 777  # rejection-sampling problems: the "train" generator with yet another seed
 RFT_PROBLEMS = {"countdown": 3000, "sql": 1000}  # training problems sampled per round
-RFT_SAMPLES, RFT_WARMUP_STEPS = 8, 20
+RFT_WARMUP_STEPS = 20
 MEASURE_PROMPTS, MEASURE_SAMPLES = 100, 64  # per split, per prompt (README numbers)
 
 
@@ -136,6 +136,8 @@ class TinyConfig:
     """Optimizer steps per rejection-sampling round."""
     rft_lr: float = 5e-4
     """Peak learning rate of a rejection-sampling round."""
+    rft_samples: int = 8
+    """Completions sampled per training problem in a rejection-sampling round."""
 
 
 def tiny_model_config(cfg: TinyConfig, vocab_size: int) -> LlamaConfig:
@@ -227,7 +229,7 @@ def train_tiny(cfg: TinyConfig, log_every: int = 50, callback=None):
              schedule_steps=cfg.schedule_steps)
     for round_index in range(cfg.rft_rounds):
         model.eval()
-        pairs = rft_pairs(model, tokenizer, seed=cfg.seed, round_index=round_index)
+        pairs = rft_pairs(model, tokenizer, seed=cfg.seed, round_index=round_index, samples=cfg.rft_samples)
         logger.info("rejection-sampling round %d/%d: %d distinct correct samples", round_index + 1, cfg.rft_rounds,
                     len(pairs))
         _fit(model, tokenizer, pairs, cfg, cfg.rft_steps, cfg.rft_lr, RFT_WARMUP_STEPS, rng, log_every)
@@ -235,8 +237,8 @@ def train_tiny(cfg: TinyConfig, log_every: int = 50, callback=None):
     return model, tokenizer
 
 
-def rft_pairs(model, tokenizer, seed: int = 0, round_index: int = 0) -> list[tuple[str, str]]:
-    """Rejection sampling (STaR / RFT): ``RFT_SAMPLES`` completions at temperature 1 for each of
+def rft_pairs(model, tokenizer, seed: int = 0, round_index: int = 0, samples: int = 8) -> list[tuple[str, str]]:
+    """Rejection sampling (STaR / RFT): ``samples`` completions at temperature 1 for each of
     ``RFT_PROBLEMS[task]`` training problems (``RFT_SEED + seed``, the same problems every round), and
     every *distinct* correct answer (``solution_key``) kept once as a (prompt, completion) pair: the
     model's own solutions, each solved problem's equally weighted, nothing for unsolved ones."""
@@ -246,7 +248,7 @@ def rft_pairs(model, tokenizer, seed: int = 0, round_index: int = 0) -> list[tup
     pairs = []
     for task, max_new in ((countdown, 32), (sql, 96)):
         rows = task.make_dataset("train", RFT_PROBLEMS[task.NAME], seed=RFT_SEED + seed)
-        result = evaluate(model, tokenizer, rows, task, n=RFT_SAMPLES, max_new_tokens=max_new,
+        result = evaluate(model, tokenizer, rows, task, n=samples, max_new_tokens=max_new,
                           seed=seed + round_index, greedy=False, progress=False)
         pairs += [(row["prompt"], key) for row, keys in zip(rows, result.distinct_keys) for key in sorted(keys)]
     return pairs
@@ -387,7 +389,7 @@ def _readme(cfg: TinyConfig, n_params: int, seconds: float, results: dict[str, d
         "",
         f"- parameters: {n_params:,} (float32 safetensors)",
         f"- training: {cfg.steps} steps x {cfg.batch_size} sequences"
-        + (f" + {cfg.rft_rounds} x ({RFT_SAMPLES} samples for each of {sum(RFT_PROBLEMS.values()):,} problems, "
+        + (f" + {cfg.rft_rounds} x ({cfg.rft_samples} samples for each of {sum(RFT_PROBLEMS.values()):,} problems, "
            f"{cfg.rft_steps} steps)" if cfg.rft_rounds else "")
         + f", {seconds / 60:.1f} min on {cfg.num_threads} CPU threads",
         f"- build config: `{asdict(cfg)}`",
@@ -405,7 +407,8 @@ def _readme(cfg: TinyConfig, n_params: int, seconds: float, results: dict[str, d
 
 BUILT_IN = {
     "tiny": lambda: {},
-    "tiny-rft": lambda: {"init_from": str(tiny_model_path("tiny")), "steps": 0, "rft_rounds": 1},
+    "tiny-rft": lambda: {"init_from": str(tiny_model_path("tiny")), "steps": 1500, "lr": 1e-3, "rft_rounds": 1,
+                         "rft_steps": 1000, "rft_samples": 32},
 }
 """The built-in models (``dphrl_mini/assets/NAME``) and the ``TinyConfig`` overrides that rebuild
 one when it is missing (the committed checkpoints' exact commands are in their READMEs)."""

@@ -136,9 +136,10 @@ def test_rft_pairs_keep_each_distinct_correct_answer_once(monkeypatch):
 def test_build_with_rejection_sampling_rounds(tmp_path, monkeypatch):
     monkeypatch.setattr(tiny, "RFT_PROBLEMS", {"countdown": 16, "sql": 2})
     out = tiny.build_tiny_model(tmp_path / "tiny-rft", steps=0, init_from=str(tiny.tiny_model_path()), rft_rounds=1,
-                                rft_steps=3, batch_size=4)
+                                rft_steps=3, rft_samples=2, batch_size=4)
     readme = (out / "README.md").read_text()
     assert "--steps 0" in readme and "--rft-rounds 1" in readme and "--rft-steps 3" in readme
+    assert "--rft-samples 2" in readme and "2 samples for each" in readme
     assert "rejection-sampling fine-tuning" in readme
     before = AutoModelForCausalLM.from_pretrained(tiny.tiny_model_path()).state_dict()
     after = AutoModelForCausalLM.from_pretrained(out).state_dict()
