@@ -95,7 +95,8 @@ def place_labels(ax: Axes, xy: Sequence[tuple[float, float]], texts: Sequence[st
                  fontsize: float = 8) -> None:
     """Write ``texts`` next to the data points ``xy`` where they overlap no other label, no marker
     and as little line as possible: candidate spots on growing rings around each point, the
-    cheapest wins; a label pushed away from its point gets a thin leader line. Call it once the
+    cheapest wins; a label pushed away from its point, or nearer to another point than to its
+    own, gets a thin leader line. Call it once the
     figure's layout is final (it draws the figure to measure the texts)."""
     fig = ax.figure
     fig.canvas.draw()  # fixes the layout, so display coordinates below are the final ones
@@ -122,11 +123,13 @@ def place_labels(ax: Axes, xy: Sequence[tuple[float, float]], texts: Sequence[st
                                  & (line_points[:, 1] > box.y0) & (line_points[:, 1] < box.y1))
                         + 1e6 * (box.x0 < axes_box.x0 or box.x1 > axes_box.x1
                                  or box.y0 < axes_box.y0 or box.y1 > axes_box.y1)
+                        + 50 * _nearer_other(box, ax.transData.transform(xy[i]), markers)
                         + 0.5 * radius)  # among equals, the closest spot
                 if cost < best_cost:
                     best, best_cost = (kwargs, radius, box), cost
         kwargs, radius, box = best
-        leader = dict(arrowstyle="-", color=colors[i], lw=0.6, shrinkA=0, shrinkB=3) if radius > 9 else None
+        leader = (dict(arrowstyle="-", color=colors[i], lw=0.6, shrinkA=0, shrinkB=3)
+                  if radius > 9 or _nearer_other(box, ax.transData.transform(xy[i]), markers) else None)
         ax.annotate(texts[i], xy[i], arrowprops=leader, **kwargs)
         taken.append((box.x0, box.y0, box.x1, box.y1))
 
@@ -143,6 +146,12 @@ def _obstacles(ax: Axes) -> tuple[np.ndarray, np.ndarray]:
                 steps = max(2, int(np.hypot(*(b - a)) / 2))
                 along.append(a + np.linspace(0, 1, steps)[:, None] * (b - a))
     return np.concatenate(markers), np.concatenate(along)
+
+
+def _nearer_other(box, own: np.ndarray, markers: np.ndarray) -> bool:
+    """True when some other marker is nearer to the label's centre than the label's own point."""
+    centre = np.array([(box.x0 + box.x1) / 2, (box.y0 + box.y1) / 2])
+    return bool(np.any(np.hypot(*(markers - centre).T) < np.hypot(*(own - centre)) - 1))
 
 
 def _overlap(box, other) -> float:
