@@ -72,3 +72,23 @@ def test_explorer_static_and_widget():
     pytest.importorskip("ipywidgets")
     box = explorer(tb.fig3(), static=False)
     assert box.children  # the widget tree was built
+
+
+def test_place_labels_ties_each_label_to_its_own_point():
+    """Two points a few pixels apart: each label sits nearer its own point, or a leader line joins them."""
+    import matplotlib.pyplot as plt
+
+    from toy_bandits.style import place_labels
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    points = [(35.9, 84.3), (36.1, 84.7)]
+    ax.plot([33, 34, 35.9, 36.1], [92, 90, 84.3, 84.7], marker="o")  # a sweep ending in two close points
+    place_labels(ax, points, ["a", "b"], ["C0", "C0"])
+    renderer = fig.canvas.get_renderer()
+    for text in ax.texts:
+        own, other = points if text.get_text() == "a" else points[::-1]
+        box = text.get_window_extent(renderer)
+        centre = np.array([(box.x0 + box.x1) / 2, (box.y0 + box.y1) / 2])
+        to_own, to_other = (np.hypot(*(ax.transData.transform(p) - centre)) for p in (own, other))
+        assert to_own < to_other or text.arrow_patch is not None
+    plt.close(fig)

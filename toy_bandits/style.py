@@ -95,9 +95,9 @@ def place_labels(ax: Axes, xy: Sequence[tuple[float, float]], texts: Sequence[st
                  fontsize: float = 8) -> None:
     """Write ``texts`` next to the data points ``xy`` where they overlap no other label, no marker
     and as little line as possible: candidate spots on growing rings around each point, the
-    cheapest wins; a label pushed away from its point, or nearer to another point than to its
-    own, gets a thin leader line. Call it once the
-    figure's layout is final (it draws the figure to measure the texts)."""
+    cheapest wins, and a spot nearer to another point than to its own costs extra; a label pushed
+    away from its point, or still nearer to another one, gets a thin leader line. Call it once
+    the figure's layout is final (it draws the figure to measure the texts)."""
     fig = ax.figure
     fig.canvas.draw()  # fixes the layout, so display coordinates below are the final ones
     renderer = fig.canvas.get_renderer()
@@ -108,6 +108,7 @@ def place_labels(ax: Axes, xy: Sequence[tuple[float, float]], texts: Sequence[st
     order = np.argsort([-ax.transData.transform(p)[1] for p in xy])  # top first
     directions = [(1, 1), (-1, 1), (1, -1), (-1, -1), (1, 0), (-1, 0), (0, 1), (0, -1)]
     for i in order:
+        own = ax.transData.transform(xy[i])
         best, best_cost = None, np.inf
         for radius in (4, 9, 15, 22, 30, 40):
             for dx, dy in directions:
@@ -123,13 +124,13 @@ def place_labels(ax: Axes, xy: Sequence[tuple[float, float]], texts: Sequence[st
                                  & (line_points[:, 1] > box.y0) & (line_points[:, 1] < box.y1))
                         + 1e6 * (box.x0 < axes_box.x0 or box.x1 > axes_box.x1
                                  or box.y0 < axes_box.y0 or box.y1 > axes_box.y1)
-                        + 50 * _nearer_other(box, ax.transData.transform(xy[i]), markers)
+                        + 50 * _nearer_other(box, own, markers)
                         + 0.5 * radius)  # among equals, the closest spot
                 if cost < best_cost:
                     best, best_cost = (kwargs, radius, box), cost
         kwargs, radius, box = best
         leader = (dict(arrowstyle="-", color=colors[i], lw=0.6, shrinkA=0, shrinkB=3)
-                  if radius > 9 or _nearer_other(box, ax.transData.transform(xy[i]), markers) else None)
+                  if radius > 9 or _nearer_other(box, own, markers) else None)
         ax.annotate(texts[i], xy[i], arrowprops=leader, **kwargs)
         taken.append((box.x0, box.y0, box.x1, box.y1))
 
