@@ -237,7 +237,8 @@ def train_tiny(cfg: TinyConfig, log_every: int = 50, callback=None):
     return model, tokenizer
 
 
-def rft_pairs(model, tokenizer, seed: int = 0, round_index: int = 0, samples: int = 8) -> list[tuple[str, str]]:
+def rft_pairs(model, tokenizer, seed: int = 0, round_index: int = 0,
+              samples: int = TinyConfig.rft_samples) -> list[tuple[str, str]]:
     """Rejection sampling (STaR / RFT): ``samples`` completions at temperature 1 for each of
     ``RFT_PROBLEMS[task]`` training problems (``RFT_SEED + seed``, the same problems every round), and
     every *distinct* correct answer (``solution_key``) kept once as a (prompt, completion) pair: the
