@@ -53,6 +53,7 @@ SFT_SEED = 12345  # SFT problems: the "train" generator, but not the RL prompts'
 RFT_SEED = 777  # rejection-sampling problems: the "train" generator with yet another seed
 RFT_PROBLEMS = {"countdown": 3000, "sql": 1000}  # training problems sampled per round
 RFT_WARMUP_STEPS = 20
+SQL_DRILL_QUESTIONS = 20  # questions per made-up schema in the warm start
 MEASURE_PROMPTS, MEASURE_SAMPLES = 100, 64  # per split, per prompt (README numbers)
 
 
@@ -122,6 +123,10 @@ class TinyConfig:
     """SQL warm-start queries copy the question's numbers (``sql.copies_question_numbers``); the
     ``k+1`` variants stay correct answers for RL and evaluation, but a character model that samples
     them gets the arithmetic wrong."""
+    sql_drill_families: int = 0
+    """Made-up SQL schemas (``sql.schema_drill_examples``, 20 questions each) added to the warm start:
+    a drill in copying the question's table, column and value names, which the held-out "ood"
+    schema needs. 0: none."""
     per_problem: int = 8
     """Different correct solutions drawn per problem (``sft_examples``)."""
     num_threads: int = 2
@@ -171,6 +176,9 @@ def sft_pairs(cfg: TinyConfig) -> list[tuple[str, str]]:
         rows = sql.make_dataset("train", cfg.sql_problems, seed=seed)
         pairs += sql.sft_examples(rows, per_problem=cfg.per_problem, seed=seed,
                                   copy_numbers_only=cfg.sql_copy_numbers_only)
+    if cfg.sql_drill_families:
+        pairs += sql.schema_drill_examples(cfg.sql_drill_families, SQL_DRILL_QUESTIONS, cfg.per_problem, seed,
+                                           copy_numbers_only=cfg.sql_copy_numbers_only)
     return pairs
 
 

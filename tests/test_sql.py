@@ -1,6 +1,7 @@
 """Text-to-SQL: generated databases, equivalent queries, execution match (hostile inputs: test_hostile_inputs.py)."""
 
 import hashlib
+import random
 import re
 import string
 
@@ -111,3 +112,30 @@ def test_sft_examples_and_reward(db_dir):
     assert sum(sql.reward([p for p, _ in pairs], wrong, **columns)) < len(pairs)
     assert sql.solution_key("SELECT  name\tFROM t ;") == "SELECT name FROM t"
     assert sql.extract_answer("<answer>SELECT 1</answer>") == "SELECT 1"
+
+
+def test_schema_drill_queries_run_and_agree_on_their_own_database(tmp_path):
+    """The drill's made-up schemas: every pair's query matches its question's gold query when run on
+    a database built from that schema, and no word of the held-out "ood" family is ever used."""
+    rng = random.Random(0)
+    ood_words = {"hospital", "patients", "doctors", "visits", "specialty", "salary", "cost", "patient_id",
+                 "doctor_id"}
+    checked = 0
+    for i in range(3):
+        family, schema = sql.random_schema(rng)
+        entities, link = schema
+        names = {family, link[0], link[1], link[2], link[3]} | {w for e in entities for w in (e[0], e[1], e[3])}
+        assert not names & ood_words
+        path = tmp_path / f"drill{i}.sqlite"
+        sql._build(path, family, 0, schema)
+        for question, queries in list(sql._templates(family, schema))[::4]:
+            gold = queries[0]
+            for query in queries[1:]:
+                if len(query) <= sql.MAX_QUERY_CHARS:
+                    assert sql.execution_match(str(path), query, gold), (question, query)
+                    checked += 1
+    assert checked > 300
+    pairs = sql.schema_drill_examples(5, 20, 3, seed=1, copy_numbers_only=True)
+    assert len(pairs) == 5 * 20 * 3
+    assert all(p.endswith(":") and sql.copies_question_numbers(q, p) for p, q in pairs)
+    assert pairs == sql.schema_drill_examples(5, 20, 3, seed=1, copy_numbers_only=True)

@@ -76,9 +76,10 @@ def cache_dir() -> Path:
     return Path(root) / "sql"
 
 
-def _build(path: Path, family: str, seed: int) -> None:
+def _build(path: Path, family: str, seed: int, schema: tuple | None = None) -> None:
+    """Write one family's database (``schema``: its ``FAMILIES`` entry by default) to ``path``."""
     rng = random.Random(f"{family}-{seed}")
-    entities, (link, fk_a, fk_b, num, (lo, hi), n_links) = FAMILIES[family]
+    entities, (link, fk_a, fk_b, num, (lo, hi), n_links) = schema or FAMILIES[family]
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     tmp.unlink(missing_ok=True)
     con = sqlite3.connect(tmp)
@@ -111,9 +112,10 @@ def make_databases(out_dir: str | Path | None = None, seed: int = 0) -> dict[str
     return paths
 
 
-def _templates(family: str):
-    """Yield (question, [equivalent queries]) for one family; the first query is the gold one."""
-    entities, (link, fk_a, _, lnum, (llo, lhi), _) = FAMILIES[family]
+def _templates(family: str, schema: tuple | None = None):
+    """Yield (question, [equivalent queries]) for one family (``schema``: its ``FAMILIES`` entry by
+    default); the first query is the gold one."""
+    entities, (link, fk_a, _, lnum, (llo, lhi), _) = schema or FAMILIES[family]
     for e, (t, c, values, x, (lo, hi), _) in enumerate(entities):
         sel = [("name", t), (f"{t}.name", t), ("a.name", f"{t} a"), ("a.name", f"{t} AS a")]
         cols = lambda s, col: f"a.{col}" if s[0].startswith("a.") else col  # noqa: E731
@@ -315,6 +317,53 @@ def sft_examples(rows: list[dict], per_problem: int, seed: int, copy_numbers_onl
         if copy_numbers_only:
             found = [q for q in found if copies_question_numbers(q, row["question"])]
         pairs += [(row["prompt"], q) for q in rng.sample(found, min(per_problem, len(found)))]
+    return pairs
+
+
+# Words for made-up schemas (``random_schema``); none is a word of the held-out "ood" family.
+_DRILL_FAMILIES = "zoo farm port garage studio bakery arena gallery market fleet league museum".split()
+_DRILL_TABLES = ("cars ships teams players farms trees birds songs films games hotels rooms guests clubs pets "
+                 "bikes boats towns lakes planes trains coins lamps desks chairs cards maps parks roads bands "
+                 "chefs drivers pilots singers workers nurses owners riders tours stores").split()
+_DRILL_LINKS = "trips sales plays shifts tickets votes bookings races rentals entries".split()
+_DRILL_TEXT = {"color": "red blue green gold pink gray".split(), "region": "north south east west".split(),
+               "kind": "big small fast slow old new".split(), "country": "Peru Chad Iran Cuba Fiji Mali".split(),
+               "city": "Paris Rome Oslo Lima Cairo Kyiv".split(), "brand": "Acme Zeta Nova Apex Orbit".split(),
+               "style": "jazz folk rock pop".split(), "level": "low mid high top".split()}
+_DRILL_NUMBERS = "weight speed height rank year points length width power stock wins goals seats age score".split()
+
+
+def random_schema(rng: random.Random) -> tuple[str, tuple]:
+    """A made-up schema family (name, ``FAMILIES``-shaped entry) with random table, column and value
+    names: a "pretraining" drill that teaches a small model to copy the question's names and numbers
+    into the query, as a pretrained LLM already does. The ood family's words never occur."""
+    first, second = rng.sample(_DRILL_TABLES, 2)
+    entities = []
+    for table in (first, second):
+        text = rng.choice(sorted(_DRILL_TEXT))
+        lo = rng.choice((0, 1, 10, 20, 50, 100, 1900))
+        span = rng.choice((20, 50, 90, 150, 300, 500))
+        entities.append((table, text, tuple(rng.sample(_DRILL_TEXT[text], 4)), rng.choice(_DRILL_NUMBERS),
+                         (lo, lo + span), 30))
+    link = (rng.choice(_DRILL_LINKS), first[:-1] + "_id", second[:-1] + "_id", rng.choice(_DRILL_NUMBERS),
+            (rng.choice((1, 10, 40)), rng.choice((60, 100, 300))), 60)
+    return rng.choice(_DRILL_FAMILIES), (tuple(entities), link)
+
+
+def schema_drill_examples(n_families: int, questions: int, per_problem: int, seed: int,
+                          copy_numbers_only: bool = False) -> list[tuple[str, str]]:
+    """(prompt, query) pairs over ``n_families`` made-up schemas (``random_schema``): ``questions``
+    templated questions each, ``per_problem`` equivalent queries per question. No database is needed:
+    the templates' queries are equivalent by construction (checked on the real families in the tests)."""
+    rng = random.Random(seed)
+    pairs = []
+    for _ in range(n_families):
+        family, schema = random_schema(rng)
+        templates = list(_templates(family, schema))
+        for question, queries in rng.sample(templates, min(questions, len(templates))):
+            queries = [q for q in queries if len(q) <= MAX_QUERY_CHARS
+                       and (not copy_numbers_only or copies_question_numbers(q, question))]
+            pairs += [(f"{family} | {question}:", q) for q in rng.sample(queries, min(per_problem, len(queries)))]
     return pairs
 
 
