@@ -156,8 +156,9 @@ class TrainConfig:
     # --- model -------------------------------------------------------------------------------
     model: str = "tiny"
     """Hugging Face id or local path; "tiny" is the built-in character-level model,
-    "tiny-rft" the same after a longer warm start and rejection-sampling fine-tuning (closer to the
-    papers' regime, still short of it)."""
+    "tiny-rft" the same after a longer warm start and rejection-sampling fine-tuning, "tiny-rft2"
+    "tiny-rft" after a SQL-heavier warm start and a second round (the papers' regime in-domain; its
+    out-of-domain splits are still out of reach)."""
     quantization: str | None = None
     """None, "4bit" (NF4, double quant) or "8bit" (bitsandbytes)."""
     lora_rank: int = 16

@@ -320,34 +320,36 @@ def sft_examples(rows: list[dict], per_problem: int, seed: int, copy_numbers_onl
     return pairs
 
 
-# Words for made-up schemas (``random_schema``); none is a word of the held-out "ood" family.
-_DRILL_FAMILIES = "zoo farm port garage studio bakery arena gallery market fleet league museum".split()
-_DRILL_TABLES = ("cars ships teams players farms trees birds songs films games hotels rooms guests clubs pets "
-                 "bikes boats towns lakes planes trains coins lamps desks chairs cards maps parks roads bands "
-                 "chefs drivers pilots singers workers nurses owners riders tours stores").split()
-_DRILL_LINKS = "trips sales plays shifts tickets votes bookings races rentals entries".split()
-_DRILL_TEXT = {"color": "red blue green gold pink gray".split(), "region": "north south east west".split(),
-               "kind": "big small fast slow old new".split(), "country": "Peru Chad Iran Cuba Fiji Mali".split(),
-               "city": "Paris Rome Oslo Lima Cairo Kyiv".split(), "brand": "Acme Zeta Nova Apex Orbit".split(),
-               "style": "jazz folk rock pop".split(), "level": "low mid high top".split()}
-_DRILL_NUMBERS = "weight speed height rank year points length width power stock wins goals seats age score".split()
+_RESERVED = frozenset("""select from where and or not between like in is null as on join distinct count sum avg
+    max min total order by desc asc limit group having case cast date time name id table index values""".split())
+_HELD_OUT = frozenset(w for family in OOD_FAMILIES for w in (family, *re.findall(r"[a-z_]+", repr(FAMILIES[family]))))
+
+
+def _pseudo_word(rng: random.Random) -> str:
+    """A pronounceable made-up word (2-3 consonant-vowel syllables), never an SQL keyword nor a word
+    of the held-out family."""
+    while True:
+        word = "".join(rng.choice("bdfgklmnprstvz") + rng.choice("aeiou") for _ in range(rng.randint(2, 3)))
+        if word not in _RESERVED and word + "s" not in _HELD_OUT and word not in _HELD_OUT:
+            return word
 
 
 def random_schema(rng: random.Random) -> tuple[str, tuple]:
-    """A made-up schema family (name, ``FAMILIES``-shaped entry) with random table, column and value
-    names: a "pretraining" drill that teaches a small model to copy the question's names and numbers
-    into the query, as a pretrained LLM already does. The ood family's words never occur."""
-    first, second = rng.sample(_DRILL_TABLES, 2)
+    """A made-up schema family (name, ``FAMILIES``-shaped entry) whose table, column and value names
+    are fresh pseudo-words: a drill that can only be learned by copying the question's names and
+    numbers into the query, as a pretrained LLM does and as the unseen "ood" schema needs."""
+    words = set()
+    while len(words) < 17:
+        words.add(_pseudo_word(rng))
+    family, first, second, text_a, text_b, num_a, num_b, link, link_num, *values = sorted(words, key=lambda _: rng.random())
     entities = []
-    for table in (first, second):
-        text = rng.choice(sorted(_DRILL_TEXT))
+    for table, text, number, value_words in ((first, text_a, num_a, values[:4]), (second, text_b, num_b, values[4:])):
         lo = rng.choice((0, 1, 10, 20, 50, 100, 1900))
-        span = rng.choice((20, 50, 90, 150, 300, 500))
-        entities.append((table, text, tuple(rng.sample(_DRILL_TEXT[text], 4)), rng.choice(_DRILL_NUMBERS),
-                         (lo, lo + span), 30))
-    link = (rng.choice(_DRILL_LINKS), first[:-1] + "_id", second[:-1] + "_id", rng.choice(_DRILL_NUMBERS),
-            (rng.choice((1, 10, 40)), rng.choice((60, 100, 300))), 60)
-    return rng.choice(_DRILL_FAMILIES), (tuple(entities), link)
+        values_ = tuple(w.capitalize() if rng.random() < 0.5 else w for w in value_words)
+        entities.append((table + "s", text, values_, number, (lo, lo + rng.choice((20, 50, 90, 150, 300, 500))), 30))
+    link_table = (link + "s", first + "_id", second + "_id", link_num,
+                  (rng.choice((1, 10, 40)), rng.choice((60, 100, 300))), 60)
+    return family, (tuple(entities), link_table)
 
 
 def schema_drill_examples(n_families: int, questions: int, per_problem: int, seed: int,
