@@ -1,9 +1,12 @@
 """Text-to-SQL: generated databases, equivalent queries, execution match (hostile inputs: test_hostile_inputs.py)."""
 
 import hashlib
+import os
 import random
 import re
 import string
+import subprocess
+import sys
 
 import pytest
 
@@ -139,3 +142,12 @@ def test_schema_drill_queries_run_and_agree_on_their_own_database(tmp_path):
     assert len(pairs) == 5 * 20 * 3
     assert all(p.endswith(":") and sql.copies_question_numbers(q, p) for p, q in pairs)
     assert pairs == sql.schema_drill_examples(5, 20, 3, seed=1, copy_numbers_only=True)
+
+
+def test_schema_drill_is_the_same_in_every_process():
+    """The drill draws its words from a set: string hashing, which changes per process, must not
+    change which schemas a seed gives (fails if the set's own order is used)."""
+    code = "from dphrl_mini.tasks import sql; print(sql.schema_drill_examples(3, 5, 2, seed=0))"
+    outputs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                              env={**os.environ, "PYTHONHASHSEED": str(h)}).stdout for h in (1, 2)}
+    assert len(outputs) == 1 and "SELECT" in outputs.pop()

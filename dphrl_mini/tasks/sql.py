@@ -341,7 +341,9 @@ def random_schema(rng: random.Random) -> tuple[str, tuple]:
     words = set()
     while len(words) < 17:
         words.add(_pseudo_word(rng))
-    family, first, second, text_a, text_b, num_a, num_b, link, link_num, *values = sorted(words, key=lambda _: rng.random())
+    words = sorted(words)  # a set's order of strings changes between processes; the rng's must not
+    rng.shuffle(words)
+    family, first, second, text_a, text_b, num_a, num_b, link, link_num, *values = words
     entities = []
     for table, text, number, value_words in ((first, text_a, num_a, values[:4]), (second, text_b, num_b, values[4:])):
         lo = rng.choice((0, 1, 10, 20, 50, 100, 1900))
@@ -356,7 +358,8 @@ def schema_drill_examples(n_families: int, questions: int, per_problem: int, see
                           copy_numbers_only: bool = False) -> list[tuple[str, str]]:
     """(prompt, query) pairs over ``n_families`` made-up schemas (``random_schema``): ``questions``
     templated questions each, ``per_problem`` equivalent queries per question. No database is needed:
-    the templates' queries are equivalent by construction (checked on the real families in the tests)."""
+    the templates' queries are equivalent by construction (the tests run them on databases built from
+    drill schemas)."""
     rng = random.Random(seed)
     pairs = []
     for _ in range(n_families):
