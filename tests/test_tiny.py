@@ -60,6 +60,7 @@ def test_committed_checkpoint_loads_and_generates(name):
     assert size <= 10 * 2**20
     readme = (path / "README.md").read_text()
     assert readme.count("python -m dphrl_mini.tiny") >= 1 and "| countdown/test | pass@1 |" in readme
+    tiny.TinyConfig(**tiny.BUILT_IN[name]())  # the one-call rebuild names only real build settings
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path).eval()
     assert model.config.num_key_value_heads < model.config.num_attention_heads  # GQA
