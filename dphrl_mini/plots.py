@@ -20,7 +20,8 @@ import numpy as np
 from toy_bandits.style import distinct_colors, legend_outside, place_labels
 
 from .evaluate import EvalResult
-from .style import BASE_LINE, coefficient_label, display_name, family, family_color, is_percent, metric_label
+from .style import (BASE_LINE, coefficient_label, display_name, family, family_color, is_percent, metric_label,
+                    parse_name)
 
 TRAINING_KEYS = ("reward_mean", "solve_rate", "entropy", "completion_length", "dph_loss", "kl")
 
@@ -178,11 +179,25 @@ def sweep_family(name: str) -> str:
 _MARKERS = ("o", "s", "^", "D", "v", "P")
 
 
+def sweep_order(members: list[dict], x: str = "pass@1") -> list[dict]:
+    """A sweep's aggregated rows from low to high coefficient, the path the sweep takes; by ``x``
+    when some row's name carries no single swept coefficient (``dph_js`` at its default eta)."""
+    def coefficient(row: dict) -> float | None:
+        parsed = parse_name(row["method"])
+        values = [float(v) for k, v in (parsed[1] if parsed else {}).items() if k in SWEPT_FIELDS]
+        return values[0] if len(values) == 1 else None
+
+    keys = [coefficient(r) for r in members]
+    if None in keys:
+        return sorted(members, key=lambda r: r[x])
+    return [r for _, r in sorted(zip(keys, members), key=lambda pair: pair[0])]
+
+
 def plot_pareto(rows: list[dict], x: str = "pass@1", y: str = "pass@64", split: str = "test",
                 group: callable = None) -> plt.Figure:
-    """Pass@1 against Pass@k, one point per run (method x coefficient), lines within a method.
+    """Pass@1 against Pass@k, one point per run (method x coefficient, mean over seeds).
 
-    Each sweep is a line in its method family's colour (variants of one family differ in shade
+    Each sweep is a line from its lowest to its highest coefficient, in its method family's colour (variants of one family differ in shade
     and marker); every point is labelled with its coefficient where the label fits without
     overlap; the base model is the black star.
     """
@@ -199,7 +214,7 @@ def plot_pareto(rows: list[dict], x: str = "pass@1", y: str = "pass@64", split: 
     seen: dict[str, int] = {}
     labels = []  # (xy, text, colour) of each swept point
     for name in names:
-        members = sorted(groups[name], key=lambda r: r[x])
+        members = sweep_order(groups[name], x)
         xs, ys = [100 * r[x] for r in members], [100 * r[y] for r in members]
         if name == "base":
             ax.plot(xs, ys, linestyle="none", marker="*", markersize=15, color=BASE_LINE["color"],

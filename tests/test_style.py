@@ -73,3 +73,18 @@ def test_variant_colors_do_not_depend_on_drawing_order():
     assert colors["dph_forward_kl"] == family_color("dph_forward_kl") and colors["base"] == family_color("base")
     fam = {to_hex(colors[n]) for n in names if n.startswith("dph_forward_kl")}
     assert len(fam) == 3  # shades of one family stay apart
+
+
+def test_a_sweep_line_follows_its_coefficient_not_its_pass_at_1():
+    from dphrl_mini.plots import plot_pareto, sweep_order
+
+    def row(method, p1, p64):
+        return {"method": method, "seed": 0, "split": "test", "pass@1": p1, "pass@64": p64}
+
+    sweep = [row("dph_js_eta2", 0.30, 0.95), row("dph_js_eta0.01", 0.35, 0.80), row("dph_js_eta0.3", 0.40, 0.90)]
+    assert [r["method"] for r in sweep_order(sweep)] == ["dph_js_eta0.01", "dph_js_eta0.3", "dph_js_eta2"]
+    unswept = [row("dph_js", 0.40, 0.9), row("dph_js_eta2", 0.30, 0.95)]  # no coefficient in one name: by Pass@1
+    assert [r["method"] for r in sweep_order(unswept)] == ["dph_js_eta2", "dph_js"]
+    fig = plot_pareto([row("base", 0.2, 0.97)] + sweep)
+    line = next(l for l in fig.axes[0].get_lines() if len(l.get_xdata()) == 3)
+    assert list(line.get_xdata()) == [35.0, 40.0, 30.0]  # eta 0.01, 0.3, 2
