@@ -120,9 +120,9 @@ def _save_compare_report(rows: list[dict], out: Path, splits: list[str], k: int)
 
     matplotlib.use("Agg")
     from .experiments import format_table
-    from .plots import plot_pareto, plot_pass_at_k_curves, sweep_family
+    from .plots import load_results, plot_pareto, plot_pass_at_k_curves, sweep_family
 
-    methods = {r["method"] for r in rows}
+    methods, seeds = {r["method"] for r in rows}, {r["seed"] for r in rows}
     swept = len({sweep_family(m) for m in methods}) < len(methods)  # a method ran at several coefficients
     command = "dphrl-mini " + " ".join(sys.argv[1:])
     report = [f"Regenerate with:\n\n    {command}\n"]
@@ -130,7 +130,7 @@ def _save_compare_report(rows: list[dict], out: Path, splits: list[str], k: int)
         table = format_table(rows, split)
         print(f"\n{split}:\n{table}")
         report.append(f"## {split}\n\n{table}\n")
-        fig = plot_pass_at_k_curves(out, split=split)
+        fig = plot_pass_at_k_curves(load_results(out, split, methods, seeds), split=split)  # this command's runs only
         fig.savefig(out / f"pass_at_k_{split}.png", dpi=120, bbox_inches="tight")
         groups = [r["split"].split(":", 1)[1] for r in rows if r["split"].startswith(f"{split}:")]
         for group in dict.fromkeys(["near-perfect", "exploration", *groups]):  # then the task's tiers, if any

@@ -79,13 +79,18 @@ def _ks(n: int) -> list[int]:
     return ks + ([n] if ks[-1] != n else [])
 
 
-def load_results(folder: str | Path, split: str = "test") -> dict[str, list[EvalResult]]:
-    """``{method: [EvalResult per seed]}`` from a ``compare`` output folder."""
+def load_results(folder: str | Path, split: str = "test", methods: Iterable[str] | None = None,
+                 seeds: Iterable[int] | None = None) -> dict[str, list[EvalResult]]:
+    """``{method: [EvalResult per seed]}`` from a ``compare`` output folder; only the given
+    ``methods`` and ``seeds`` when set (a folder can also hold runs that one command did not ask for)."""
     from .experiments import load_eval
 
+    methods, seeds = (None if methods is None else set(methods)), (None if seeds is None else set(seeds))
     out: dict[str, list[EvalResult]] = {}
     for path in sorted(Path(folder).glob(f"*/seed*/eval_{split}.json")):
-        out.setdefault(path.parent.parent.name, []).append(load_eval(path))
+        method, seed = path.parent.parent.name, path.parent.name.removeprefix("seed")
+        if (methods is None or method in methods) and (seeds is None or (seed.isdigit() and int(seed) in seeds)):
+            out.setdefault(method, []).append(load_eval(path))
     return out
 
 

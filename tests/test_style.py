@@ -88,3 +88,18 @@ def test_a_sweep_line_follows_its_coefficient_not_its_pass_at_1():
     fig = plot_pareto([row("base", 0.2, 0.97)] + sweep)
     line = next(l for l in fig.axes[0].get_lines() if len(l.get_xdata()) == 3)
     assert list(line.get_xdata()) == [35.0, 40.0, 30.0]  # eta 0.01, 0.3, 2
+
+
+def test_load_results_keeps_only_the_asked_methods_and_seeds(tmp_path):
+    import json
+
+    from dphrl_mini.plots import load_results
+
+    for method, seed in [("base", 0), ("grpo", 0), ("grpo", 1), ("dph_js", 0)]:  # grpo seed 1, dph_js: not asked
+        run = tmp_path / method / f"seed{seed}"
+        run.mkdir(parents=True)
+        (run / "eval_test.json").write_text(json.dumps({"task": "countdown", "split": "test", "ids": ["a"], "n": 2,
+                                                        "correct": [seed + 1], "distinct_keys": [["x"]]}))
+    assert {m: len(r) for m, r in load_results(tmp_path).items()} == {"base": 1, "dph_js": 1, "grpo": 2}
+    kept = load_results(tmp_path, "test", methods={"base", "grpo"}, seeds={0})
+    assert {m: [r.correct for r in rs] for m, rs in kept.items()} == {"base": [[1]], "grpo": [[1]]}
