@@ -202,9 +202,9 @@ def plot_pareto(rows: list[dict], x: str = "pass@1", y: str = "pass@64", split: 
                 group: callable = None) -> plt.Figure:
     """Pass@1 against Pass@k, one point per run (method x coefficient, mean over seeds).
 
-    Each sweep is a line from its lowest to its highest coefficient, in its method family's colour (variants of one family differ in shade
-    and marker); every point is labelled with its coefficient where the label fits without
-    overlap; the base model is the black star.
+    Each sweep is a line from its lowest to its highest coefficient, in its method family's colour
+    (variants of one family differ in shade and marker); every point is labelled with its
+    coefficient where the label fits without overlap; the base model is the black star.
     """
     from .experiments import aggregate_rows
 
