@@ -20,3 +20,13 @@ def test_committed_notebook_is_rendered_from_its_current_code(path):
     stored = nb.metadata.get("dphrl", {}).get("source_hash")
     assert stored == render.source_hash(nb), (
         f"{path.name}: its code changed since it was rendered: run `make render` and commit the notebooks")
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "notebooks").glob("*.ipynb")), ids=lambda p: p.name)
+def test_no_cell_shows_the_same_figure_twice(path):
+    """``display(fig)`` on a figure that the inline backend also shows at the cell's end draws it twice."""
+    nb = nbformat.read(path, as_version=4)
+    for index, cell in enumerate(nb.cells):
+        images = [out.get("data", {}).get("image/png") for out in cell.get("outputs", [])]
+        images = [image for image in images if image]
+        assert len(images) == len(set(images)), f"{path.name}, cell {index}: one figure is shown twice"
