@@ -22,8 +22,10 @@ The hub is unreachable in tests and CI, so the project builds its own policy (DE
    sharper on what it can solve (higher Pass@1, a near-perfect set), still broad. The built-in
    ``tiny-rft`` is ``tiny`` plus 1,500 more warm-start steps and one round of 32 samples;
    ``tiny-rft2`` is ``tiny-rft`` plus a SQL-heavier warm-start stage and a second such round.
+   ``tiny-30min`` is the same regime from random weights within a 30-minute, 2-core build: one
+   SQL-heavier warm start of 2,200 steps, then one round of 32 samples.
 
-Each committed checkpoint (``dphrl_mini/assets/tiny``, ``tiny-rft``, ``tiny-rft2``) has a README
+Each committed checkpoint (``dphrl_mini/assets/tiny``, ``tiny-rft``, ``tiny-rft2``, ``tiny-30min``) has a README
 with the command that rebuilds it and the figures measured by ``measure`` (the project's evaluator,
 temperature 1, no top-k/top-p) against the papers' regime (``TARGETS``).
 """
@@ -422,6 +424,8 @@ BUILT_IN = {
     "tiny-rft2": lambda: {"init_from": str(tiny_model_path("tiny-rft")), "steps": 1200, "lr": 5e-4,
                           "countdown_problems": 3000, "sql_problems": 2000, "rft_rounds": 1, "rft_steps": 1000,
                           "rft_samples": 32},
+    "tiny-30min": lambda: {"steps": 2200, "lr": 3e-3, "countdown_problems": 4000, "sql_problems": 2000,
+                           "rft_rounds": 1, "rft_steps": 1000, "rft_samples": 32},
 }
 """The built-in models (``dphrl_mini/assets/NAME``) and the ``TinyConfig`` overrides that rebuild
 one when it is missing (the committed checkpoints' exact commands are in their READMEs)."""

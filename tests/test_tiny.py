@@ -153,6 +153,7 @@ def test_built_in_names_resolve():
     assert resolve_model_path("dphrl-mini/tiny") == str(tiny.ASSET_ROOT / "tiny")
     assert resolve_model_path("tiny-rft") == str(tiny.ASSET_ROOT / "tiny-rft")
     assert resolve_model_path("tiny-rft2") == str(tiny.ASSET_ROOT / "tiny-rft2")
+    assert resolve_model_path("tiny-30min") == str(tiny.ASSET_ROOT / "tiny-30min")
     with pytest.raises(ValueError, match="tiny-rft"):
         tiny.tiny_model_path("tiny-sharp")
 
