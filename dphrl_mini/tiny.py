@@ -25,9 +25,9 @@ The hub is unreachable in tests and CI, so the project builds its own policy (DE
    ``tiny-30min`` is the same regime from random weights within a 30-minute, 2-core build: one
    SQL-heavier warm start of 2,200 steps, then one round of 32 samples.
 
-Each committed checkpoint (``dphrl_mini/assets/tiny``, ``tiny-rft``, ``tiny-rft2``, ``tiny-30min``) has a README
-with the command that rebuilds it and the figures measured by ``measure`` (the project's evaluator,
-temperature 1, no top-k/top-p) against the papers' regime (``TARGETS``).
+Each committed checkpoint (``dphrl_mini/assets/tiny``, ``tiny-rft``, ``tiny-rft2``, ``tiny-30min``) has
+a README with the command that rebuilds it and the figures measured by ``measure`` (the project's
+evaluator, temperature 1, no top-k/top-p) against the papers' regime (``TARGETS``).
 """
 
 from __future__ import annotations
