@@ -22,8 +22,8 @@ The hub is unreachable in tests and CI, so the project builds its own policy (DE
    sharper on what it can solve (higher Pass@1, a near-perfect set), still broad. The built-in
    ``tiny-rft`` is ``tiny`` plus 1,500 more warm-start steps and one round of 32 samples;
    ``tiny-rft2`` is ``tiny-rft`` plus a SQL-heavier warm-start stage and a second such round.
-   ``tiny-30min`` is the same regime from random weights within a 30-minute, 2-core build: one
-   SQL-heavier warm start of 2,200 steps, then one round of 32 samples.
+   ``tiny-30min`` comes within 2 prompts of the in-domain targets from random weights in a
+   30-minute, 2-core build: one SQL-heavier warm start of 2,200 steps, then one round of 32 samples.
 
 Each committed checkpoint (``dphrl_mini/assets/tiny``, ``tiny-rft``, ``tiny-rft2``, ``tiny-30min``) has
 a README with the command that rebuilds it and the figures measured by ``measure`` (the project's
