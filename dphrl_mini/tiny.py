@@ -38,6 +38,7 @@ import logging
 import math
 import os
 import random
+import statistics
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -316,7 +317,8 @@ def measure(model, tokenizer, n_prompts: int = MEASURE_PROMPTS, n: int = MEASURE
       on ``n_prompts`` held-out prompts (Countdown test also per difficulty);
     * ``{task}/train``: on the RL training prompts (``make_dataset("train", size, seed=0)``, the
       experiments' ``train_size``), the share that is near-perfect under the released rule (4 of 4
-      samples correct) and under "6 of 8".
+      samples correct) and under "6 of 8", and the 4-of-4 share's expectation over draws of the rule,
+      estimated from the 8 samples (with its standard error).
     """
     from .evaluate import evaluate
     from .tasks import countdown, sql
@@ -336,11 +338,17 @@ def measure(model, tokenizer, n_prompts: int = MEASURE_PROMPTS, n: int = MEASURE
                     if c:
                         results[f"{task.NAME}/{split}"][f"pass@1 {level}"] = sum(c) / (n * len(c))
         rows = task.make_dataset("train", train_prompts[task.NAME], seed=0)
-        shares = {}
+        shares, correct = {}, {}
         for k, need in ((4, 4), (8, 6)):
-            result = evaluate(model, tokenizer, rows, task, n=k, max_new_tokens=max_new, seed=seed + k,
-                              greedy=False, progress=progress)
-            shares[f"near-perfect {need}/{k}"] = sum(c >= need for c in result.correct) / len(rows)
+            correct[k] = evaluate(model, tokenizer, rows, task, n=k, max_new_tokens=max_new, seed=seed + k,
+                                  greedy=False, progress=progress).correct
+            shares[f"near-perfect {need}/{k}"] = sum(c >= need for c in correct[k]) / len(rows)
+        # The 4/4 share above is one draw of the released rule (near 10% it varies by about 0.7 points,
+        # 13 of 2,000 prompts, from draw to draw); its expectation, estimated without bias from the 8
+        # samples of each prompt as C(c, 4) / C(8, 4), with its standard error.
+        chances = [math.comb(c, 4) / math.comb(8, 4) for c in correct[8]]
+        shares["expected near-perfect 4/4"] = sum(chances) / len(rows)
+        shares["expected near-perfect 4/4 (std err)"] = statistics.stdev(chances) / math.sqrt(len(rows))
         results[f"{task.NAME}/train"] = shares
     return results
 
@@ -351,6 +359,8 @@ TARGETS: tuple[tuple[str, str, float, float], ...] = (
     ("countdown/test", f"pass@{MEASURE_SAMPLES}", 0.95, 1.0),
     ("countdown/test", "distinct_correct", 3.0, float("inf")),
     ("countdown/train", "near-perfect 4/4", 0.10, 1.0),
+    ("countdown/train", "expected near-perfect 4/4", 0.0, 1.0),
+    ("countdown/train", "expected near-perfect 4/4 (std err)", 0.0, 1.0),
     ("countdown/train", "near-perfect 6/8", 0.0, 1.0),
     ("countdown/ood", f"pass@{MEASURE_SAMPLES}", 0.20, 1.0),
     ("sql/test", "pass@1", 0.10, 1.0),

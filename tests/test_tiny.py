@@ -90,6 +90,25 @@ def test_figures_table_marks_targets():
     assert "| sql/train | near-perfect 4/4 | 0.050 | report | |" in table
 
 
+def test_measure_estimates_the_expected_near_perfect_share(monkeypatch):
+    """Besides one 4-of-4 draw, ``measure`` reports that share's expectation, C(c, 4) / C(8, 4) per
+    prompt from its 8 samples, with a standard error."""
+    import dphrl_mini.evaluate as evaluate_module
+
+    class Result:
+        def __init__(self, rows, n):
+            self.correct = [n if j % 2 == 0 else 4 for j in range(len(rows))]  # 8/8, then 4/8 correct
+
+        def summary(self):
+            return {"pass@1": 0.5, "pass@8": 1.0, "distinct_correct": 2.0}
+
+    monkeypatch.setattr(evaluate_module, "evaluate", lambda model, tokenizer, rows, task, n, **kw: Result(rows, n))
+    shares = tiny.measure(None, None, n_prompts=2, n=8, train_prompts={"countdown": 10, "sql": 4})["countdown/train"]
+    assert shares["near-perfect 4/4"] == 1.0 and shares["near-perfect 6/8"] == 0.5
+    assert shares["expected near-perfect 4/4"] == pytest.approx((1 + 1 / 70) / 2)
+    assert 0 < shares["expected near-perfect 4/4 (std err)"] < 0.5
+
+
 @pytest.mark.slow
 def test_build_tiny_model_smoke(tmp_path):
     out = tiny.build_tiny_model(tmp_path / "tiny", steps=20, countdown_problems=40, countdown_mix_problems=20,
