@@ -84,10 +84,12 @@ def test_committed_checkpoint_is_broad():
 
 def test_figures_table_marks_targets():
     table = tiny.figures_table({"countdown/test": {"pass@1": 0.2, "pass@64": 0.97, "distinct_correct": 3.5},
+                                "countdown/train": {"near-perfect 4/4": 199 / 2000},
                                 "sql/train": {"near-perfect 4/4": 0.05}})
-    assert "| countdown/test | pass@1 | 0.200 | 0.3-0.5 | **missed** |" in table
-    assert "| countdown/test | pass@64 | 0.970 | >= 0.95 | met |" in table
-    assert "| sql/train | near-perfect 4/4 | 0.050 | report | |" in table
+    assert "| countdown/test | pass@1 | 0.2000 | 0.3-0.5 | **missed** |" in table
+    assert "| countdown/test | pass@64 | 0.9700 | >= 0.95 | met |" in table
+    assert "| countdown/train | near-perfect 4/4 | 0.0995 | >= 0.1 | **missed** |" in table  # one prompt short shows
+    assert "| sql/train | near-perfect 4/4 | 0.0500 | report | |" in table
 
 
 def test_measure_estimates_the_expected_near_perfect_share(monkeypatch):
@@ -130,7 +132,7 @@ def test_measure_flag_alone_measures_the_built_in_model(monkeypatch, capsys):
     monkeypatch.setattr(tiny, "measure", fake_measure)
     tiny.main(["--measure"])
     assert seen["vocab"] == len(tiny.build_tokenizer())
-    assert "| countdown/test | pass@1 | 0.200 | 0.3-0.5 | **missed** |" in capsys.readouterr().out
+    assert "| countdown/test | pass@1 | 0.2000 | 0.3-0.5 | **missed** |" in capsys.readouterr().out
 
 
 def test_rft_pairs_keep_each_distinct_correct_answer_once(monkeypatch):
