@@ -48,6 +48,18 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
 
 
+def all_of_k(n: int, c: int, k: int) -> float:
+    """Unbiased chance that ``k`` fresh samples are all correct, from ``c`` correct among ``n``:
+    C(c, k) / C(n, k). With k = 4 it is the chance that the released split rule (4 of 4 correct)
+    puts the prompt in D_pef.
+
+    >>> all_of_k(8, 7, 4)
+    0.5
+    """
+    _check_pass_at_k_args(n, c, k)
+    return math.comb(c, k) / math.comb(n, k)
+
+
 def pass_at_k_curve(n: int, correct_counts, ks) -> np.ndarray:
     """Mean pass@k over prompts for every k in ``ks``: an array of shape (len(ks),).
 

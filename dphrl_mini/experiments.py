@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
-import math
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -18,7 +17,7 @@ import numpy as np
 
 from .checkpoint import atomic_write_text, make_folder
 from .config import TrainConfig
-from .evaluate import EvalResult, kept_lost
+from .evaluate import EvalResult, all_of_k, kept_lost
 from .style import display_name
 from .trainer import Trainer
 
@@ -86,7 +85,7 @@ def near_perfect_ids(base: EvalResult, k: int = NEAR_PERFECT_K) -> set[str]:
     chance that all k of k samples are correct, estimated without bias from the base model's n
     samples as C(c, k) / C(n, k), is at least 1/2 (with fewer than k samples, k = n)."""
     k = min(k, base.n)
-    return {i for i, c in zip(base.ids, base.correct) if math.comb(c, k) / math.comb(base.n, k) >= 0.5}
+    return {i for i, c in zip(base.ids, base.correct) if all_of_k(base.n, c, k) >= 0.5}
 
 
 def subset(result: EvalResult, ids: set[str]) -> EvalResult:

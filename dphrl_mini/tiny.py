@@ -321,7 +321,7 @@ def measure(model, tokenizer, n_prompts: int = MEASURE_PROMPTS, n: int = MEASURE
       samples correct) and under "6 of 8", and the 4-of-4 share's expectation over draws of the rule,
       estimated from the 8 samples (with its standard error).
     """
-    from .evaluate import evaluate
+    from .evaluate import all_of_k, evaluate
     from .tasks import countdown, sql
 
     train_prompts = train_prompts or {"countdown": 2000, "sql": 400}
@@ -346,8 +346,8 @@ def measure(model, tokenizer, n_prompts: int = MEASURE_PROMPTS, n: int = MEASURE
             shares[f"near-perfect {need}/{k}"] = sum(c >= need for c in correct[k]) / len(rows)
         # The 4/4 share above is one draw of the released rule (near 10% it varies by about 0.7 points,
         # 13 of 2,000 prompts, from draw to draw); its expectation, estimated without bias from the 8
-        # samples of each prompt as C(c, 4) / C(8, 4), with its standard error.
-        chances = [math.comb(c, 4) / math.comb(8, 4) for c in correct[8]]
+        # samples of each prompt (``all_of_k``: C(c, 4) / C(8, 4)), with its standard error.
+        chances = [all_of_k(8, c, 4) for c in correct[8]]
         shares["expected near-perfect 4/4"] = sum(chances) / len(rows)
         shares["expected near-perfect 4/4 (std err)"] = statistics.stdev(chances) / math.sqrt(len(rows))
         results[f"{task.NAME}/train"] = shares

@@ -212,3 +212,16 @@ def test_pareto_front_keeps_the_undominated_means_over_seeds():
             row("b", 0, 0.25, 0.6), row("c", 0, 0.3, 0.6), row("d", 0, 0.1, 0.9)]
     assert pareto_front(rows) == ["base", "c", "d"]  # a (by its mean) and b are below c; equal points both stay
     assert pareto_front(rows + [row("e", 0, 0.1, 0.95)]) == ["c", "e"]
+
+
+def test_all_of_k_is_the_unbiased_chance_that_k_samples_are_all_correct():
+    from itertools import combinations
+
+    from dphrl_mini.evaluate import all_of_k
+
+    samples = [1, 1, 1, 0, 1, 0, 1, 1]  # 6 of 8 correct
+    subsets = list(combinations(samples, 4))
+    assert all_of_k(8, 6, 4) == pytest.approx(sum(all(s) for s in subsets) / len(subsets))
+    assert all_of_k(8, 3, 4) == 0.0 and all_of_k(4, 4, 4) == 1.0
+    with pytest.raises(ValueError):
+        all_of_k(8, 9, 4)
