@@ -67,13 +67,13 @@ def cmd_train(args) -> None:
     from .experiments import run
 
     cfg = config_from_args(args)
-    result = run(cfg, splits=args.splits)
+    result = run(cfg, splits=args.splits)  # None: experiments.default_splits
     for split, res in result["eval"].items():
         print(split, json.dumps(res.summary(cfg.eval_ks), indent=1))
 
 
 def cmd_eval(args) -> None:
-    from .experiments import evaluate_base, save_eval
+    from .experiments import default_splits, evaluate_base, save_eval
     from .trainer import Trainer
 
     cfg = config_from_args(args)
@@ -89,7 +89,7 @@ def cmd_eval(args) -> None:
             sys.exit(f"no adapter at {adapter}: train first, or pass --adapter DIR or --base")
         trainer = Trainer(adapter_shape(cfg, folder))
         set_peft_model_state_dict(trainer.policy, load_file(adapter))
-        results = {s: trainer.evaluate(s) for s in args.splits if trainer.eval_rows(s)}
+        results = {s: trainer.evaluate(s) for s in args.splits or default_splits(cfg) if trainer.eval_rows(s)}
         for s, r in results.items():
             save_eval(r, Path(cfg.output_dir) / f"eval_{s}.json")
     for split, res in results.items():
@@ -110,7 +110,8 @@ def cmd_compare(args) -> None:
     cfg = config_from_args(args)
     variants = parse_variants(args.variants)
     rows = compare(cfg, variants, seeds=args.seeds, out_dir=args.out, splits=args.splits)
-    _save_compare_report(rows, Path(args.out), args.splits, k=max(cfg.eval_ks))
+    splits = list(dict.fromkeys(r["split"].split(":")[0] for r in rows))  # those evaluated, in order
+    _save_compare_report(rows, Path(args.out), splits, k=max(cfg.eval_ks))
 
 
 def _save_compare_report(rows: list[dict], out: Path, splits: list[str], k: int) -> None:
@@ -162,7 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     ]:
         p = sub.add_parser(name, help=helptext)
         _add_config_options(p)
-        p.add_argument("--splits", nargs="+", default=["test", "ood"])
+        p.add_argument("--splits", nargs="+", default=None,
+                       help='evaluation splits (default: test ood, and transfer with --transfer-task)')
         p.set_defaults(func=func)
         if name == "eval":
             p.add_argument("--base", action="store_true", help="evaluate the base model (adapters off)")

@@ -110,7 +110,8 @@ class Range:
 NUMERIC_RANGES: dict[str, Range] = {
     # Every numeric TrainConfig field, with the range it must lie in (checked by TrainConfig.validate).
     "lora_rank": Range(1), "lora_alpha": Range(0, low_open=True), "lora_dropout": Range(0, 1, high_open=True),
-    "train_size": Range(1), "eval_size": Range(0), "ood_size": Range(0), "data_seed": Range(0),
+    "train_size": Range(1), "eval_size": Range(0), "ood_size": Range(0),
+    "transfer_size": Range(0), "transfer_max_new_tokens": Range(1), "data_seed": Range(0),
     "eps_low": Range(0, 1, high_open=True, hint="the lower clip range, 0.2 as released"),
     "eps_high": Range(0, hint="the upper clip range; None = the method's default"),
     "clip_ratio_c": Range(1, low_open=True, hint="the dual-clip constant, 3.0 as released"),
@@ -197,6 +198,15 @@ class TrainConfig:
     train_size: int = 1000
     eval_size: int = 100
     ood_size: int = 100
+    transfer_task: str | None = None
+    """Another built-in task whose "test" split is also evaluated, as split "transfer": what training
+    on ``task`` costs (or gains) on a skill it does not train, the papers' cross-task out-of-domain
+    test (DPH-RL scores its SQL-trained models on math). None = no transfer split."""
+    transfer_size: int = 100
+    """Prompts of the "transfer" split."""
+    transfer_max_new_tokens: int | None = None
+    """Completion budget on the "transfer" split (the other task may need longer answers); None =
+    ``max_new_tokens``."""
     data_seed: int = 0
 
     # --- method (DESIGN.md §1: GRPO/DAPO/RKL baselines, DPH-RL, MARA) --------------------------
@@ -334,6 +344,10 @@ class TrainConfig:
             bad("method", f"unknown method; choose one of {METHODS}")
         if self.task not in ("countdown", "sql", "math"):
             bad("task", "choose 'countdown', 'sql' or 'math'")
+        if self.transfer_task is not None and (self.transfer_task not in ("countdown", "sql", "math")
+                                               or self.transfer_task == self.task and not self.dataset):
+            bad("transfer_task", f"choose a built-in task other than task={self.task!r} ('countdown', 'sql' or "
+                "'math'), or None")
         if self.quantization not in (None, "4bit", "8bit"):
             bad("quantization", "use None, '4bit' or '8bit'")
         if self.quantization and importlib.util.find_spec("bitsandbytes") is None:
@@ -427,6 +441,7 @@ def preset_config(name: str | None = None, **overrides: Any) -> TrainConfig:
 
 RESUME_SAFE_FIELDS = frozenset({
     "steps", "output_dir", "overwrite", "progress", "eval_every", "eval_n", "eval_ks", "eval_size", "ood_size",
+    "transfer_task", "transfer_size", "transfer_max_new_tokens",
     "save_every", "device", "micro_batch_size", "generation_batch_size", "gradient_checkpointing",
     "rollout_engine", "pack_sequences", "max_nonfinite_steps", "max_reward_error_steps", "fail_fast"})
 """Fields a resumed run may change (each change is logged): evaluation, progress and bookkeeping,

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import numpy as np
+import yaml
 
 from .checkpoint import atomic_write_text, make_folder
 from .config import TrainConfig
@@ -36,8 +37,16 @@ def load_eval(path: str | Path) -> EvalResult:
     return EvalResult(**{k: v for k, v in data.items() if k in names})
 
 
-def evaluate_base(config: TrainConfig, splits: Iterable[str] = ("test", "ood")) -> dict[str, EvalResult]:
-    """The base model's results (fresh LoRA adapters are zero at init, so this is pi_ref)."""
+def default_splits(config: TrainConfig) -> list[str]:
+    """"test" and "ood", and "transfer" when ``config.transfer_task`` is set (splits without rows,
+    e.g. "ood" of your own dataset, are skipped wherever splits are evaluated)."""
+    return ["test", "ood"] + (["transfer"] if config.transfer_task and config.transfer_size else [])
+
+
+def evaluate_base(config: TrainConfig, splits: Iterable[str] | None = None) -> dict[str, EvalResult]:
+    """The base model's results (fresh LoRA adapters are zero at init, so this is pi_ref);
+    ``splits`` default to ``default_splits(config)``."""
+    splits = default_splits(config) if splits is None else splits
     trainer = Trainer(config)
     out = make_folder(config.output_dir)
     results = {}
@@ -48,9 +57,10 @@ def evaluate_base(config: TrainConfig, splits: Iterable[str] = ("test", "ood")) 
     return results
 
 
-def run(config: TrainConfig, splits: Iterable[str] = ("test", "ood"), callbacks=(), *,
+def run(config: TrainConfig, splits: Iterable[str] | None = None, callbacks=(), *,
         reward_fns: list[Callable] | None = None, train_dataset=None, eval_dataset=None) -> dict[str, Any]:
-    """Train ``config`` (resuming if its output_dir has a checkpoint) and evaluate every split.
+    """Train ``config`` (resuming if its output_dir has a checkpoint) and evaluate every split
+    (default ``default_splits(config)``).
 
     ``reward_fns`` (TRL signature), ``train_dataset`` and ``eval_dataset`` (``datasets.Dataset`` or
     a list of dicts with a ``prompt``) replace the task's own (``sources.task_data``)."""
@@ -58,7 +68,7 @@ def run(config: TrainConfig, splits: Iterable[str] = ("test", "ood"), callbacks=
                       eval_dataset=eval_dataset)
     history = trainer.train()
     results = {}
-    for split in splits:
+    for split in default_splits(config) if splits is None else splits:
         if trainer.eval_rows(split):
             results[split] = trainer.evaluate(split)
             save_eval(results[split], Path(config.output_dir) / f"eval_{split}.json")
@@ -104,7 +114,7 @@ def difficulty_rows(name: str, seed: int, results: dict[str, EvalResult], base: 
     Countdown's easy / moderate / hard): where each method gains and where it loses."""
     rows, tiers = [], tiers or {}
     for split, result in results.items():
-        if split not in base:
+        if split not in base or split == "transfer":  # another task's prompts: no D_pef, no tiers
             continue
         near = near_perfect_ids(base[split])
         groups = [("near-perfect", near), ("exploration", set(base[split].ids) - near)]
@@ -156,36 +166,42 @@ def _parse_value(text: str) -> Any:
 
 
 def compare(base_config: TrainConfig, variants: dict[str, dict[str, Any]], seeds: Iterable[int] = (0,),
-            out_dir: str | Path = "results/compare", splits: Iterable[str] = ("test", "ood"),
+            out_dir: str | Path = "results/compare", splits: Iterable[str] | None = None,
             reuse: bool = True) -> list[dict[str, Any]]:
     """Train every variant (config overrides) for every seed on the same data; write the tables.
 
     With ``reuse``, a run whose ``eval_{split}.json`` files already exist is loaded, not re-run, so an
     interrupted sweep continues where it stopped and a stored sweep (``results/``) reloads in
-    seconds. A stored run whose ``config.yaml`` differs from the requested one is an error, not reused;
-    base-model folders (no config) are checked by task, ``eval_n`` and prompt count only. Without
-    ``reuse``, every run starts afresh (``overwrite``).
+    seconds; a finished run (its last checkpoint kept) that lacks a split, e.g. "transfer" asked for
+    later, is evaluated on that split alone. A stored run whose ``config.yaml`` differs from the
+    requested one is an error, not reused; base-model folders (no config) are checked by task,
+    ``eval_n`` and prompt count only. Without ``reuse``, every run starts afresh (``overwrite``).
     """
-    out_dir, splits, ks = Path(out_dir), list(splits), base_config.eval_ks
+    out_dir, ks = Path(out_dir), base_config.eval_ks
+    splits = default_splits(base_config) if splits is None else list(splits)
     rows: list[dict[str, Any]] = []
     tiers = prompt_tiers(base_config)
     for seed in seeds:
         base_dir = out_dir / "base" / f"seed{seed}"
         base_cfg = dataclasses.replace(base_config, seed=seed, output_dir=str(base_dir))
-        if reuse and _stored(base_dir, base_cfg, splits):
-            base = {s: load_eval(base_dir / f"eval_{s}.json") for s in splits}
-        else:
-            base = evaluate_base(base_cfg, splits)
+        stored = _stored(base_dir, base_cfg, splits) if reuse else []
+        base = {s: load_eval(base_dir / f"eval_{s}.json") for s in stored}
+        if len(stored) < len(splits):
+            base |= evaluate_base(base_cfg, [s for s in splits if s not in stored])
+        base = {s: base[s] for s in splits if s in base}
         rows += [summary_row("base", seed, s, r, r, ks) for s, r in base.items()]
         rows += difficulty_rows("base", seed, base, base, ks, tiers)
         for name, overrides in variants.items():
             run_dir = out_dir / name / f"seed{seed}"
             cfg = dataclasses.replace(base_config, **overrides, seed=seed, output_dir=str(run_dir),
                                       overwrite=base_config.overwrite or not reuse)
-            if reuse and _stored(run_dir, cfg, base):
-                results = {s: load_eval(run_dir / f"eval_{s}.json") for s in base}
-            else:
-                results = run(cfg, splits=list(base))["eval"]
+            stored = _stored(run_dir, cfg, base) if reuse else []
+            if stored and len(stored) < len(base) and not _finished(run_dir, cfg):
+                stored = []  # no final checkpoint to evaluate the missing splits on: train again
+            results = {s: load_eval(run_dir / f"eval_{s}.json") for s in stored}
+            if len(stored) < len(base):
+                results |= run(cfg, splits=[s for s in base if s not in stored])["eval"]
+            results = {s: results[s] for s in base if s in results}
             rows += [summary_row(name, seed, s, r, base.get(s), ks) for s, r in results.items()]
             rows += difficulty_rows(name, seed, results, base, ks, tiers)
         write_tables(rows, out_dir)
@@ -193,30 +209,52 @@ def compare(base_config: TrainConfig, variants: dict[str, dict[str, Any]], seeds
 
 
 _IRRELEVANT = ("output_dir", "progress", "save_every", "overwrite")
+_SPLIT_FIELDS = {"transfer": ("transfer_task", "transfer_size", "transfer_max_new_tokens")}
+"""Config fields that only change one split's evaluation: compared only when that split is stored."""
 
 
-def _stored(run_dir: Path, config: TrainConfig, splits: Iterable[str]) -> bool:
-    """True when ``run_dir`` holds finished results of exactly ``config``; raise if it holds
-    results of other settings (stale results must not enter a table unnoticed)."""
-    if not all((run_dir / f"eval_{s}.json").exists() for s in splits):
-        return False
+def _expected_evals(config: TrainConfig) -> dict[str, tuple[str, int | None]]:
+    """Split -> (verifier name, prompt count) that a stored ``eval_{split}.json`` must record."""
+    task = "custom" if config.reward else config.task  # the name of the verifier (sources.make_verifier)
+    sizes = {} if config.dataset else {"test": config.eval_size, "ood": config.ood_size}  # a dataset may hold fewer
+    expected = {s: (task, sizes.get(s)) for s in ("test", "ood")}
+    expected["transfer"] = (config.transfer_task, config.transfer_size)
+    return expected
+
+
+def _stored(run_dir: Path, config: TrainConfig, splits: Iterable[str]) -> list[str]:
+    """The splits of ``splits`` whose results ``run_dir`` holds, made with exactly ``config``; raise if
+    it holds results of other settings (stale results must not enter a table unnoticed)."""
+    present = [s for s in splits if (run_dir / f"eval_{s}.json").exists()]
+    if not present:
+        return []
     saved = run_dir / "config.yaml"
+    diff = {}
     if saved.exists():
+        raw = yaml.safe_load(saved.read_text()) or {}
         stored, wanted = TrainConfig.from_yaml(saved).to_dict(), config.to_dict()
-        diff = {k: (stored[k], wanted[k]) for k in wanted if k not in _IRRELEVANT and stored[k] != wanted[k]}
-    else:  # a base-model folder: only what its evaluations record (task, samples, prompts) is checked
-        sizes = {} if config.dataset else {"test": config.eval_size, "ood": config.ood_size}  # a dataset may hold fewer
-        task = "custom" if config.reward else config.task  # the name of the verifier (sources.make_verifier)
-        diff = {}
-        for s in splits:
-            data = json.loads((run_dir / f"eval_{s}.json").read_text())
-            if (data["task"], data["n"], len(data["ids"])) != (task, config.eval_n, sizes.get(s, len(data["ids"]))):
-                diff[f"eval_{s}.json (task, eval_n, prompts)"] = (
-                    (data["task"], data["n"], len(data["ids"])), (task, config.eval_n, sizes.get(s)))
+        ignored = set(_IRRELEVANT) | {f for s, fields in _SPLIT_FIELDS.items() if s not in present for f in fields}
+        ignored |= {f for fields in _SPLIT_FIELDS.values() for f in fields if f not in raw}  # saved before they existed
+        diff = {k: (stored[k], wanted[k]) for k in wanted if k not in ignored and stored[k] != wanted[k]}
+    expected = _expected_evals(config)
+    for s in present:  # every evaluation records its verifier, samples and prompts
+        data = json.loads((run_dir / f"eval_{s}.json").read_text())
+        task, size = expected.get(s, (data["task"], None))
+        if (data["task"], data["n"], len(data["ids"])) != (task, config.eval_n, size or len(data["ids"])):
+            diff[f"eval_{s}.json (task, eval_n, prompts)"] = (
+                (data["task"], data["n"], len(data["ids"])), (task, config.eval_n, size))
     if diff:
         raise ValueError(f"{run_dir} holds results made with other settings (stored, requested): {diff}; "
                          "use another out_dir, or reuse=False to overwrite them")
-    return True
+    return present
+
+
+def _finished(run_dir: Path, config: TrainConfig) -> bool:
+    """True when ``run_dir`` keeps the checkpoint of its last step (a run can be evaluated again)."""
+    from .checkpoint import latest_checkpoint
+
+    last = latest_checkpoint(run_dir)
+    return last is not None and int(last.name.split("-")[1]) >= config.steps
 
 
 def aggregate_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

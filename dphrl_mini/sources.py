@@ -28,7 +28,7 @@ import importlib.util
 import inspect
 import json
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -41,11 +41,13 @@ FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv
 
 @dataclass
 class TaskData:
-    """Training rows, evaluation rows per split ("test", and "ood" for built-in tasks) and their verifier."""
+    """Training rows, evaluation rows per split ("test", "ood" for built-in tasks, "transfer" with
+    ``transfer_task``) and their verifier (``eval_verifiers`` for a split scored by another task's)."""
 
     train: list[dict]
     eval: dict[str, list[dict]]
     verifier: Verifier
+    eval_verifiers: dict[str, Verifier] = field(default_factory=dict)
 
 
 def looks_like_path(source: str) -> bool:
@@ -217,4 +219,10 @@ def task_data(cfg: TrainConfig, reward_fns: list[Callable] | None = None, train_
         check_no_overlap(train, rows)
         check_columns(rows, verifier, f"{split} split")
     check_columns(train, verifier, str(source) if isinstance(source, (str, Path)) else "train_dataset")
-    return TaskData(train, evals, verifier)
+    data = TaskData(train, evals, verifier)
+    if cfg.transfer_task and cfg.transfer_size:  # another task's test split, scored by that task's verifier
+        other = get_task(cfg.transfer_task)
+        data.eval["transfer"] = validate_rows(other.make_dataset("test", cfg.transfer_size, seed=cfg.data_seed),
+                                              f"built-in {cfg.transfer_task} test split", other.check_row)
+        data.eval_verifiers["transfer"] = Verifier.for_task(other, cfg.correct_threshold)
+    return data

@@ -140,7 +140,7 @@ class Trainer:
             tokenizer.pad_token = tokenizer.eos_token
         self.tokenizer = tokenizer
         self.verifier = data.verifier
-        self.train_rows, self._eval_rows = data.train, data.eval
+        self.train_rows, self._eval_rows, self._eval_verifiers = data.train, data.eval, data.eval_verifiers
         self.templated = cfg.chat_template or isinstance(self.train_rows[0]["prompt"], list)
         """Prompts go through the chat template, which writes its own special tokens (no second BOS)."""
         self.callbacks = list(callbacks)
@@ -192,7 +192,8 @@ class Trainer:
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
     def eval_rows(self, split: str) -> list[dict]:
-        """The evaluation rows of ``split`` ("test"; "ood" for built-in tasks); [] for any other."""
+        """The evaluation rows of ``split`` ("test"; "ood" for built-in tasks; "transfer" with
+        ``transfer_task``); [] for any other."""
         return self._eval_rows.get(split, [])
 
     def prepare_data(self) -> None:
@@ -450,12 +451,13 @@ class Trainer:
         """Pass@k, greedy accuracy and distinct solutions on a held-out split (``base``: adapters off)."""
         cfg = self.config
         rows = self.eval_rows(split)
-        kwargs = dict(n=n or cfg.eval_n, ks=cfg.eval_ks, max_new_tokens=cfg.max_new_tokens,
+        max_new_tokens = cfg.transfer_max_new_tokens if split == "transfer" else None
+        kwargs = dict(n=n or cfg.eval_n, ks=cfg.eval_ks, max_new_tokens=max_new_tokens or cfg.max_new_tokens,
                       temperature=cfg.temperature, top_p=cfg.top_p, batch_size=cfg.generation_batch_size,
                       seed=cfg.seed + 17, progress=cfg.progress and self.accelerator.is_main_process,
                       split=split, prompts=[self.prompt_text(r) for r in rows], add_special_tokens=not self.templated)
         with self.engine.sampling_model(adapters=not base) as model:  # base: adapters off
-            return evaluate(model, self.tokenizer, rows, self.verifier, **kwargs)
+            return evaluate(model, self.tokenizer, rows, self._eval_verifiers.get(split, self.verifier), **kwargs)
 
     # --- checkpoints -----------------------------------------------------------------------------
     def save_checkpoint(self) -> Path | None:

@@ -46,6 +46,8 @@ def test_method_defaults():
     ("eval_ks", [1, 128], "eval_n"),
     ("keep_references", "some", "all_distinct"),
     ("updates_per_step", 99, "prompts_per_step"),
+    ("transfer_task", "countdown", "other than task"),  # the default task is countdown
+    ("transfer_task", "chess", "built-in task"),
 ])
 def test_validation_names_field_and_fix(field, value, fix):
     cfg = dataclasses.replace(TrainConfig(), **{field: value})

@@ -193,3 +193,22 @@ def test_a_built_in_task_without_ood_rows_still_loads(tmp_path):
     data = task_data(cfg)
     assert len(data.train) == 4 and len(data.eval["test"]) == 2 and data.eval["ood"] == []
     assert data.verifier.name == "math" and data.verifier.solution_key is math_task.solution_key
+
+
+def test_transfer_split_is_another_tasks_test_scored_by_its_verifier(tmp_path):
+    """transfer_task: the other task's "test" rows, next to the run's own, each split with its verifier."""
+    from dphrl_mini.experiments import default_splits
+    from dphrl_mini.tasks import countdown, sql
+
+    cfg = preset_config("tiny-cpu", train_size=4, eval_size=2, ood_size=2, transfer_task="sql", transfer_size=3,
+                        output_dir=str(tmp_path))
+    data = task_data(cfg)
+    assert data.verifier.name == "countdown" and data.eval_verifiers["transfer"].name == "sql"
+    assert [r["id"] for r in data.eval["transfer"]] == [r["id"] for r in sql.make_dataset("test", 3, seed=0)]
+    assert {r["id"] for r in data.eval["test"]} <= {r["id"] for r in countdown.make_dataset("test", 2, seed=0)}
+    row = data.eval["transfer"][0]
+    reward = data.eval_verifiers["transfer"].score([row["prompt"]], [row["gold_sql"]], {k: [v] for k, v in row.items()})
+    assert reward[0].tolist() == [1.0]  # the gold query is correct under SQL's execution match
+    plain = preset_config("tiny-cpu", train_size=4, eval_size=2)
+    assert "transfer" not in task_data(plain).eval
+    assert default_splits(cfg) == ["test", "ood", "transfer"] and default_splits(plain) == ["test", "ood"]

@@ -212,6 +212,18 @@ def test_cli_end_to_end(tmp_path, capsys):
     with pytest.raises(SystemExit, match="other settings.*eval_n"):
         main(["compare", *common, "--eval-n", "4", "--eval-ks", "1", "--variants", "grpo",
               "--out", str(out), "--splits", "test"])
+    # a split asked for later ("transfer": the SQL test split) is evaluated alone on the finished runs
+    trained = {p: p.stat().st_mtime_ns for p in out.glob("*/seed0/eval_test.json")}
+    main(["compare", *common, "--variants", "grpo", "--out", str(out), "--splits", "test", "transfer",
+          "--transfer-task", "sql", "--transfer-size", "2", "--transfer-max-new-tokens", "16"])
+    assert {p: p.stat().st_mtime_ns for p in out.glob("*/seed0/eval_test.json")} == trained  # nothing retrained
+    for folder in ("base", "grpo"):
+        transfer = json.loads((out / folder / "seed0" / "eval_transfer.json").read_text())
+        assert transfer["task"] == "sql" and len(transfer["ids"]) == 2 and transfer["ids"][0].startswith("sql-")
+    assert "## transfer" in (out / "RESULTS.md").read_text()
+    with pytest.raises(SystemExit, match="other settings.*eval_transfer"):  # another transfer split: refused
+        main(["compare", *common, "--variants", "grpo", "--out", str(out), "--splits", "test", "transfer",
+              "--transfer-task", "sql", "--transfer-size", "3"])
     printed = capsys.readouterr().out
     assert "pass@1" in printed
     with pytest.raises(SystemExit, match="method"):
