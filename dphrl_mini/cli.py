@@ -73,7 +73,7 @@ def cmd_train(args) -> None:
 
 
 def cmd_eval(args) -> None:
-    from .experiments import default_splits, evaluate_base, save_eval
+    from .experiments import evaluate_base, resolve_splits, save_eval
     from .trainer import Trainer
 
     cfg = config_from_args(args)
@@ -89,7 +89,7 @@ def cmd_eval(args) -> None:
             sys.exit(f"no adapter at {adapter}: train first, or pass --adapter DIR or --base")
         trainer = Trainer(adapter_shape(cfg, folder))
         set_peft_model_state_dict(trainer.policy, load_file(adapter))
-        results = {s: trainer.evaluate(s) for s in args.splits or default_splits(cfg) if trainer.eval_rows(s)}
+        results = {s: trainer.evaluate(s) for s in resolve_splits(cfg, args.splits) if trainer.eval_rows(s)}
         for s, r in results.items():
             save_eval(r, Path(cfg.output_dir) / f"eval_{s}.json")
     for split, res in results.items():

@@ -37,16 +37,32 @@ def load_eval(path: str | Path) -> EvalResult:
     return EvalResult(**{k: v for k, v in data.items() if k in names})
 
 
+SPLITS = ("test", "ood", "transfer")
+
+
 def default_splits(config: TrainConfig) -> list[str]:
     """"test" and "ood", and "transfer" when ``config.transfer_task`` is set (splits without rows,
     e.g. "ood" of your own dataset, are skipped wherever splits are evaluated)."""
     return ["test", "ood"] + (["transfer"] if config.transfer_task and config.transfer_size else [])
 
 
+def resolve_splits(config: TrainConfig, splits: Iterable[str] | None) -> list[str]:
+    """``splits`` checked (a known name; "transfer" only with ``transfer_task``), or the defaults."""
+    if splits is None:
+        return default_splits(config)
+    splits = list(splits)
+    for split in splits:
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}: choose from {', '.join(SPLITS)}")
+        if split == "transfer" and not config.transfer_task:
+            raise ValueError("split 'transfer' needs transfer_task (--transfer-task countdown, sql or math)")
+    return splits
+
+
 def evaluate_base(config: TrainConfig, splits: Iterable[str] | None = None) -> dict[str, EvalResult]:
     """The base model's results (fresh LoRA adapters are zero at init, so this is pi_ref);
     ``splits`` default to ``default_splits(config)``."""
-    splits = default_splits(config) if splits is None else splits
+    splits = resolve_splits(config, splits)
     trainer = Trainer(config)
     out = make_folder(config.output_dir)
     results = {}
@@ -64,11 +80,12 @@ def run(config: TrainConfig, splits: Iterable[str] | None = None, callbacks=(), 
 
     ``reward_fns`` (TRL signature), ``train_dataset`` and ``eval_dataset`` (``datasets.Dataset`` or
     a list of dicts with a ``prompt``) replace the task's own (``sources.task_data``)."""
+    splits = resolve_splits(config, splits)
     trainer = Trainer(config, callbacks=list(callbacks), reward_fns=reward_fns, train_dataset=train_dataset,
                       eval_dataset=eval_dataset)
     history = trainer.train()
     results = {}
-    for split in default_splits(config) if splits is None else splits:
+    for split in splits:
         if trainer.eval_rows(split):
             results[split] = trainer.evaluate(split)
             save_eval(results[split], Path(config.output_dir) / f"eval_{split}.json")
@@ -178,7 +195,7 @@ def compare(base_config: TrainConfig, variants: dict[str, dict[str, Any]], seeds
     ``eval_n`` and prompt count only. Without ``reuse``, every run starts afresh (``overwrite``).
     """
     out_dir, ks = Path(out_dir), base_config.eval_ks
-    splits = default_splits(base_config) if splits is None else list(splits)
+    splits = resolve_splits(base_config, splits)
     rows: list[dict[str, Any]] = []
     tiers = prompt_tiers(base_config)
     for seed in seeds:

@@ -197,7 +197,7 @@ def test_a_built_in_task_without_ood_rows_still_loads(tmp_path):
 
 def test_transfer_split_is_another_tasks_test_scored_by_its_verifier(tmp_path):
     """transfer_task: the other task's "test" rows, next to the run's own, each split with its verifier."""
-    from dphrl_mini.experiments import default_splits
+    from dphrl_mini.experiments import default_splits, resolve_splits
     from dphrl_mini.tasks import countdown, sql
 
     cfg = preset_config("tiny-cpu", train_size=4, eval_size=2, ood_size=2, transfer_task="sql", transfer_size=3,
@@ -212,3 +212,7 @@ def test_transfer_split_is_another_tasks_test_scored_by_its_verifier(tmp_path):
     plain = preset_config("tiny-cpu", train_size=4, eval_size=2)
     assert "transfer" not in task_data(plain).eval
     assert default_splits(cfg) == ["test", "ood", "transfer"] and default_splits(plain) == ["test", "ood"]
+    with pytest.raises(ValueError, match="transfer_task"):  # asked for, never configured: one clear line
+        resolve_splits(plain, ["test", "transfer"])
+    with pytest.raises(ValueError, match="unknown split 'tset'"):
+        resolve_splits(plain, ["tset"])
