@@ -131,7 +131,8 @@ def _save_compare_report(rows: list[dict], out: Path, splits: list[str], k: int)
         table = format_table(rows, split)
         print(f"\n{split}:\n{table}")
         report.append(f"## {split}\n\n{table}\n")
-        fig = plot_pass_at_k_curves(load_results(out, split, methods, seeds), split=split)  # this command's runs only
+        results = load_results(out, split, methods, seeds)  # this command's runs only
+        fig = plot_pass_at_k_curves(results, split=split)
         fig.savefig(out / f"pass_at_k_{split}.png", dpi=120, bbox_inches="tight")
         groups = [r["split"].split(":", 1)[1] for r in rows if r["split"].startswith(f"{split}:")]
         for group in dict.fromkeys(["near-perfect", "exploration", *groups]):  # then the task's tiers, if any
@@ -140,7 +141,8 @@ def _save_compare_report(rows: list[dict], out: Path, splits: list[str], k: int)
                 print(f"\n{split}, {group} prompts:\n{table}")
                 report.append(f"### {split}, {group} prompts\n\n{table}\n")
         if swept:
-            fig = plot_pareto(rows, x="pass@1", y=f"pass@{k}", split=split)
+            task = next(iter(results.values()))[0].task if results else None
+            fig = plot_pareto(rows, x="pass@1", y=f"pass@{k}", split=split, task=task)
             fig.savefig(out / f"pareto_{split}.png", dpi=120, bbox_inches="tight")
             report.append(f"Pareto front: `pareto_{split}.png`.\n")
     (out / "RESULTS.md").write_text("\n".join(report))

@@ -110,6 +110,11 @@ def _base_first(names: Iterable[str]) -> list[str]:
     return ["base"] * ("base" in names) + [n for n in names if n != "base"]
 
 
+def split_name(split: str, task: str | None = None) -> str:
+    """"test split"; the "transfer" split also names the task it scores: "transfer split (sql)"."""
+    return f"{split} split ({task})" if split == "transfer" and task else f"{split} split"
+
+
 def plot_pass_at_k_curves(results: Mapping[str, EvalResult | list[EvalResult]] | str | Path,
                           split: str = "test", title: str | None = None) -> plt.Figure:
     """Pass@k against k (log axis) for every method; the band is ± one std over seeds."""
@@ -130,8 +135,11 @@ def plot_pass_at_k_curves(results: Mapping[str, EvalResult | list[EvalResult]] |
     ax.set_xscale("log", base=2)
     ax.set_ylim(bottom=0)  # a Pass@k of 0 stays at the bottom, not in the middle of a +-0.05 axis
     ax.set_xlabel("k (samples per prompt)")
-    ax.set_ylabel(f"Pass@k, {split} split (%)")
-    ax.set_title(title or f"Pass@k, {split} split" + (" (band: ± 1 std over seeds)" if any(
+    first = next(iter(results.values()), None)
+    first = first[0] if isinstance(first, list) and first else first
+    name = split_name(split, getattr(first, "task", None))
+    ax.set_ylabel(f"Pass@k, {name} (%)")
+    ax.set_title(title or f"Pass@k, {name}" + (" (band: ± 1 std over seeds)" if any(
         len(v) > 1 for _, v in curves.values()) else ""))
     ax.grid(alpha=0.3, which="both")
     legend_outside(ax)
@@ -199,8 +207,9 @@ def sweep_order(members: list[dict], x: str = "pass@1") -> list[dict]:
 
 
 def plot_pareto(rows: list[dict], x: str = "pass@1", y: str = "pass@64", split: str = "test",
-                group: callable = None) -> plt.Figure:
-    """Pass@1 against Pass@k, one point per run (method x coefficient, mean over seeds).
+                group: callable = None, task: str | None = None) -> plt.Figure:
+    """Pass@1 against Pass@k, one point per run (method x coefficient, mean over seeds); ``task``
+    names the task of a "transfer" split in the title.
 
     Each sweep is a line from its lowest to its highest coefficient, in its method family's colour
     (variants of one family differ in shade and marker); every point is labelled with its
@@ -232,7 +241,7 @@ def plot_pareto(rows: list[dict], x: str = "pass@1", y: str = "pass@64", split: 
                    for px, py, r in zip(xs, ys, members) if len(members) > 1 and coefficient_label(r["method"])]
     ax.set_xlabel(metric_label(x))
     ax.set_ylabel(metric_label(y))
-    ax.set_title(f"Pareto front, {split} split (up and right is better)")
+    ax.set_title(f"Pareto front, {split_name(split, task)} (up and right is better)")
     ax.grid(alpha=0.3)
     legend_outside(ax)
     ax.margins(0.08)

@@ -103,3 +103,16 @@ def test_load_results_keeps_only_the_asked_methods_and_seeds(tmp_path):
     assert {m: len(r) for m, r in load_results(tmp_path).items()} == {"base": 1, "dph_js": 1, "grpo": 2}
     kept = load_results(tmp_path, "test", methods={"base", "grpo"}, seeds={0})
     assert {m: [r.correct for r in rs] for m, rs in kept.items()} == {"base": [[1]], "grpo": [[1]]}
+
+
+def test_the_transfer_split_names_its_task_on_the_figures():
+    from dphrl_mini.evaluate import EvalResult
+    from dphrl_mini.plots import plot_pareto, plot_pass_at_k_curves, split_name
+
+    assert split_name("test", "countdown") == "test split" and split_name("transfer", "sql") == "transfer split (sql)"
+    result = EvalResult(task="sql", split="transfer", ids=["a", "b"], n=4, correct=[1, 4], distinct_keys=[{"x"}, {"y"}],
+                        greedy_correct=[False, True], ks=[1, 2, 4])
+    fig = plot_pass_at_k_curves({"base": [result], "grpo": [result]}, split="transfer")
+    assert fig.axes[0].get_title().startswith("Pass@k, transfer split (sql)")
+    rows = [{"method": m, "seed": 0, "split": "transfer", "pass@1": 0.2, "pass@64": 0.8} for m in ("base", "grpo")]
+    assert "transfer split (sql)" in plot_pareto(rows, split="transfer", task="sql").axes[0].get_title()
