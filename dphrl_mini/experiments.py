@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import yaml
 
-from .checkpoint import atomic_write_text, make_folder
+from .checkpoint import atomic_write_text, latest_checkpoint, make_folder
 from .config import TrainConfig
 from .evaluate import EvalResult, all_of_k, kept_lost
 from .style import display_name
@@ -268,8 +268,6 @@ def _stored(run_dir: Path, config: TrainConfig, splits: Iterable[str]) -> list[s
 
 def _finished(run_dir: Path, config: TrainConfig) -> bool:
     """True when ``run_dir`` keeps the checkpoint of its last step (a run can be evaluated again)."""
-    from .checkpoint import latest_checkpoint
-
     last = latest_checkpoint(run_dir)
     return last is not None and int(last.name.split("-")[1]) >= config.steps
 
