@@ -77,8 +77,9 @@ def cmd_eval(args) -> None:
     from .trainer import Trainer
 
     cfg = config_from_args(args)
+    splits = resolve_splits(cfg, args.splits)  # a bad split fails before the model loads
     if args.base:
-        results = evaluate_base(cfg, args.splits)
+        results = evaluate_base(cfg, splits)
     else:
         from peft import set_peft_model_state_dict
         from safetensors.torch import load_file
@@ -89,7 +90,7 @@ def cmd_eval(args) -> None:
             sys.exit(f"no adapter at {adapter}: train first, or pass --adapter DIR or --base")
         trainer = Trainer(adapter_shape(cfg, folder))
         set_peft_model_state_dict(trainer.policy, load_file(adapter))
-        results = {s: trainer.evaluate(s) for s in resolve_splits(cfg, args.splits) if trainer.eval_rows(s)}
+        results = {s: trainer.evaluate(s) for s in splits if trainer.eval_rows(s)}
         for s, r in results.items():
             save_eval(r, Path(cfg.output_dir) / f"eval_{s}.json")
     for split, res in results.items():
