@@ -213,10 +213,12 @@ def test_cli_end_to_end(tmp_path, capsys):
         main(["compare", *common, "--eval-n", "4", "--eval-ks", "1", "--variants", "grpo",
               "--out", str(out), "--splits", "test"])
     # a split asked for later ("transfer": the SQL test split) is evaluated alone on the finished runs
-    trained = {p: p.stat().st_mtime_ns for p in out.glob("*/seed0/eval_test.json")}
+    evaluated = {p: p.stat().st_mtime_ns for p in out.glob("*/seed0/eval_test.json")}
+    trained = (out / "grpo" / "seed0" / "metrics.jsonl").read_text()  # a fresh training run would rewrite it
     main(["compare", *common, "--variants", "grpo", "--out", str(out), "--splits", "test", "transfer",
           "--transfer-task", "sql", "--transfer-size", "2", "--transfer-max-new-tokens", "16"])
-    assert {p: p.stat().st_mtime_ns for p in out.glob("*/seed0/eval_test.json")} == trained  # nothing retrained
+    assert {p: p.stat().st_mtime_ns for p in out.glob("*/seed0/eval_test.json")} == evaluated  # not evaluated again
+    assert (out / "grpo" / "seed0" / "metrics.jsonl").read_text() == trained  # nor trained again
     for folder in ("base", "grpo"):
         transfer = json.loads((out / folder / "seed0" / "eval_transfer.json").read_text())
         assert transfer["task"] == "sql" and len(transfer["ids"]) == 2 and transfer["ids"][0].startswith("sql-")
