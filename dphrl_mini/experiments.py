@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import json
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -20,6 +21,7 @@ from .checkpoint import atomic_write_text, latest_checkpoint, make_folder
 from .config import TrainConfig
 from .evaluate import EvalResult, all_of_k, kept_lost
 from .style import display_name
+from .tasks import get_task
 from .trainer import Trainer
 
 HEADLINE = ("greedy", "pass@1", "pass@8", "pass@64", "distinct_correct")
@@ -191,8 +193,9 @@ def compare(base_config: TrainConfig, variants: dict[str, dict[str, Any]], seeds
     interrupted sweep continues where it stopped and a stored sweep (``results/``) reloads in
     seconds; a finished run (its last checkpoint kept) that lacks a split, e.g. "transfer" asked for
     later, is evaluated on that split alone. A stored run whose ``config.yaml`` differs from the
-    requested one is an error, not reused; base-model folders (no config) are checked by task,
-    ``eval_n`` and prompt count only. Without ``reuse``, every run starts afresh (``overwrite``).
+    requested one is an error, not reused; so is an evaluation whose prompts are not those its split
+    draws now (built-in tasks: the stored prompt ids); base-model folders (no config) are checked by
+    task, ``eval_n`` and prompts only. Without ``reuse``, every run starts afresh (``overwrite``).
     """
     out_dir, ks = Path(out_dir), base_config.eval_ks
     splits = resolve_splits(base_config, splits)
@@ -260,10 +263,38 @@ def _stored(run_dir: Path, config: TrainConfig, splits: Iterable[str]) -> list[s
         if (data["task"], data["n"], len(data["ids"])) != (task, config.eval_n, size or len(data["ids"])):
             diff[f"eval_{s}.json (task, eval_n, prompts)"] = (
                 (data["task"], data["n"], len(data["ids"])), (task, config.eval_n, size))
+        elif (ids := _built_in_ids(config, s)) is not None and tuple(data["ids"]) != ids:
+            changed = sum(a != b for a, b in zip(data["ids"], ids))
+            diff[f"eval_{s}.json (prompt ids)"] = (f"{changed} of {len(ids)} differ, e.g. {_first_change(data['ids'], ids)}",
+                                                   "the split as the task now draws it")
     if diff:
         raise ValueError(f"{run_dir} holds results made with other settings (stored, requested): {diff}; "
                          "use another out_dir, or reuse=False to overwrite them")
     return present
+
+
+def _built_in_ids(config: TrainConfig, split: str) -> tuple[str, ...] | None:
+    """The prompt ids ``split`` of a built-in task holds for ``config`` (as ``sources.task_data`` draws
+    them), or None when they come from the user's data or a dataset hub (not checked)."""
+    if split == "transfer":
+        task, size = config.transfer_task, config.transfer_size
+        split_of_task = "test"
+    elif config.dataset or config.task_source:
+        return None
+    else:
+        task, size, split_of_task = config.task, {"test": config.eval_size, "ood": config.ood_size}.get(split), split
+    if not task or not size:
+        return None
+    return _task_ids(task, split_of_task, size, config.data_seed)
+
+
+@functools.lru_cache(maxsize=32)
+def _task_ids(task: str, split: str, size: int, seed: int) -> tuple[str, ...]:
+    return tuple(row["id"] for row in get_task(task).make_dataset(split, size, seed=seed))
+
+
+def _first_change(stored: list[str], expected: tuple[str, ...]) -> str:
+    return next((f"{a!r} stored, {b!r} now" for a, b in zip(stored, expected) if a != b), "")
 
 
 def _finished(run_dir: Path, config: TrainConfig) -> bool:

@@ -225,3 +225,26 @@ def test_all_of_k_is_the_unbiased_chance_that_k_samples_are_all_correct():
     assert all_of_k(8, 3, 4) == 0.0 and all_of_k(4, 4, 4) == 1.0
     with pytest.raises(ValueError):
         all_of_k(8, 9, 4)
+
+
+def test_stored_results_of_another_draw_of_a_split_are_refused(tmp_path):
+    """A stored evaluation counts only if its prompts are those the split now holds: a changed split
+    (another seed, or a task whose split definition changed) with the same prompt count is stale."""
+    import json
+
+    from dphrl_mini.config import preset_config
+    from dphrl_mini.experiments import _stored, save_eval
+    from dphrl_mini.tasks import countdown
+
+    config = preset_config("tiny-cpu", task="countdown", eval_size=6, ood_size=4, train_size=8, eval_n=2,
+                           output_dir=str(tmp_path))
+    for seed in (config.data_seed, config.data_seed + 1):
+        rows = countdown.make_dataset("test", config.eval_size, seed=seed)
+        save_eval(EvalResult(task="countdown", split="test", ids=[r["id"] for r in rows], n=2, correct=[1] * 6,
+                             distinct_keys=[{"x"}] * 6, greedy_correct=[True] * 6), tmp_path / "eval_test.json")
+        if seed == config.data_seed:
+            assert _stored(tmp_path, config, ["test", "ood"]) == ["test"]
+    stored_ids = json.loads((tmp_path / "eval_test.json").read_text())["ids"]
+    assert len(stored_ids) == config.eval_size  # the count alone would pass
+    with pytest.raises(ValueError, match=r"prompt ids.*differ"):
+        _stored(tmp_path, config, ["test"])
