@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import functools
 import json
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -21,7 +20,7 @@ from .checkpoint import atomic_write_text, latest_checkpoint, make_folder
 from .config import TrainConfig
 from .evaluate import EvalResult, all_of_k, kept_lost
 from .style import display_name
-from .tasks import get_task
+from .sources import built_in_eval_rows, task_data
 from .trainer import Trainer
 
 HEADLINE = ("greedy", "pass@1", "pass@8", "pass@64", "distinct_correct")
@@ -148,7 +147,6 @@ def difficulty_rows(name: str, seed: int, results: dict[str, EvalResult], base: 
 def prompt_tiers(config: TrainConfig) -> dict[str, str]:
     """Evaluation prompt id -> the task's difficulty tier, for tasks whose rows carry ``difficulty``
     (Countdown's easy / moderate / hard); empty otherwise."""
-    from .sources import task_data
     from .tasks import get_task
 
     task = get_task(config.task)
@@ -264,9 +262,9 @@ def _stored(run_dir: Path, config: TrainConfig, splits: Iterable[str]) -> list[s
             diff[f"eval_{s}.json (task, eval_n, prompts)"] = (
                 (data["task"], data["n"], len(data["ids"])), (task, config.eval_n, size))
         elif (ids := _built_in_ids(config, s)) is not None and tuple(data["ids"]) != ids:
-            changed = sum(a != b for a, b in zip(data["ids"], ids))
-            diff[f"eval_{s}.json (prompt ids)"] = (f"{changed} of {len(ids)} differ, e.g. {_first_change(data['ids'], ids)}",
-                                                   "the split as the task now draws it")
+            changed = [(a, b) for a, b in zip(data["ids"], ids) if a != b]
+            diff[f"eval_{s}.json (prompt ids)"] = (f"{len(changed)} of {len(ids)} differ, first {changed[0][0]!r}",
+                                                   f"{changed[0][1]!r}, the split as the task now draws it")
     if diff:
         raise ValueError(f"{run_dir} holds results made with other settings (stored, requested): {diff}; "
                          "use another out_dir, or reuse=False to overwrite them")
@@ -274,27 +272,18 @@ def _stored(run_dir: Path, config: TrainConfig, splits: Iterable[str]) -> list[s
 
 
 def _built_in_ids(config: TrainConfig, split: str) -> tuple[str, ...] | None:
-    """The prompt ids ``split`` of a built-in task holds for ``config`` (as ``sources.task_data`` draws
-    them), or None when they come from the user's data or a dataset hub (not checked)."""
-    if split == "transfer":
-        task, size = config.transfer_task, config.transfer_size
-        split_of_task = "test"
-    elif config.dataset or config.task_source:
+    """The prompt ids of ``split`` that a built-in task draws for ``config`` (``sources.built_in_eval_rows``,
+    remembered per setting), or None when they come from the user's data or a dataset hub (not checked)."""
+    if split != "transfer" and (config.dataset or config.task_source):
         return None
-    else:
-        task, size, split_of_task = config.task, {"test": config.eval_size, "ood": config.ood_size}.get(split), split
-    if not task or not size:
-        return None
-    return _task_ids(task, split_of_task, size, config.data_seed)
+    key = (split, config.task, config.eval_size, config.ood_size, config.transfer_task, config.transfer_size,
+           config.data_seed)
+    if key not in _EVAL_IDS:
+        _EVAL_IDS[key] = tuple(row["id"] for row in built_in_eval_rows(config, split)) or None
+    return _EVAL_IDS[key]
 
 
-@functools.lru_cache(maxsize=32)
-def _task_ids(task: str, split: str, size: int, seed: int) -> tuple[str, ...]:
-    return tuple(row["id"] for row in get_task(task).make_dataset(split, size, seed=seed))
-
-
-def _first_change(stored: list[str], expected: tuple[str, ...]) -> str:
-    return next((f"{a!r} stored, {b!r} now" for a, b in zip(stored, expected) if a != b), "")
+_EVAL_IDS: dict[tuple, tuple[str, ...] | None] = {}
 
 
 def _finished(run_dir: Path, config: TrainConfig) -> bool:

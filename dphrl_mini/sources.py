@@ -185,6 +185,17 @@ def make_verifier(cfg: TrainConfig, reward_fns: list[Callable] | None = None) ->
     return Verifier(fns, cfg.reward_weights, cfg.correct_threshold, normalized_text, "custom")
 
 
+def built_in_eval_rows(cfg: TrainConfig, split: str) -> list[dict]:
+    """The rows of evaluation split ``split`` ("test", "ood" or "transfer": the ``transfer_task``'s test
+    split) that a built-in task draws for ``cfg``; [] when the split asks for no rows."""
+    task, size, task_split = ((cfg.transfer_task, cfg.transfer_size, "test") if split == "transfer"
+                              else (cfg.task, {"test": cfg.eval_size, "ood": cfg.ood_size}[split], split))
+    if not task or not size:
+        return []
+    kwargs = {"source": cfg.task_source} if task == cfg.task == "math" else {}
+    return get_task(task).make_dataset(task_split, size, seed=cfg.data_seed, **kwargs)
+
+
 def task_data(cfg: TrainConfig, reward_fns: list[Callable] | None = None, train_dataset: Any = None,
               eval_dataset: Any = None) -> TaskData:
     """The rows and verifier of a run (see the module docstring); at most ``train_size`` training rows
@@ -194,13 +205,11 @@ def task_data(cfg: TrainConfig, reward_fns: list[Callable] | None = None, train_
     if source is None:
         task = get_task(cfg.task)
         kwargs = {"source": cfg.task_source} if cfg.task == "math" else {}
-        sizes = {"test": cfg.eval_size, "ood": cfg.ood_size}
         name = (lambda split: f"{cfg.task_source} ({split})" if cfg.task_source  # noqa: E731
                 else f"built-in {cfg.task} {split} split")
         train = validate_rows(task.make_dataset("train", cfg.train_size, seed=cfg.data_seed, **kwargs),
                               name("train"), task.check_row)
-        evals = {s: validate_rows(task.make_dataset(s, n, seed=cfg.data_seed, **kwargs) if n else [], name(s),
-                                  task.check_row) for s, n in sizes.items()}
+        evals = {s: validate_rows(built_in_eval_rows(cfg, s), name(s), task.check_row) for s in ("test", "ood")}
     else:
         train = as_rows(source, "train_dataset")
         eval_source = eval_dataset if eval_dataset is not None else cfg.eval_dataset
@@ -222,7 +231,7 @@ def task_data(cfg: TrainConfig, reward_fns: list[Callable] | None = None, train_
     data = TaskData(train, evals, verifier)
     if cfg.transfer_task and cfg.transfer_size:  # another task's test split, scored by that task's verifier
         other = get_task(cfg.transfer_task)
-        data.eval["transfer"] = validate_rows(other.make_dataset("test", cfg.transfer_size, seed=cfg.data_seed),
+        data.eval["transfer"] = validate_rows(built_in_eval_rows(cfg, "transfer"),
                                               f"built-in {cfg.transfer_task} test split", other.check_row)
         data.eval_verifiers["transfer"] = Verifier.for_task(other, cfg.correct_threshold)
     return data

@@ -132,7 +132,7 @@ class TinyConfig:
     """Made-up SQL schemas (``sql.schema_drill_examples``, 20 questions each) added to the warm start:
     a drill in copying the question's table, column and value names, which the held-out "ood"
     schema needs. 0: none. Measured (README): 150 schemas over 1,200 steps did not teach copying;
-    1,200 or 3,000 over 2,000 (and 4,000) more steps teach copying only approximately (misspelt tables)."""
+    1,200 or 3,000 over 2,000 (and 4,000) more steps teach copying only approximately (table names misspelt)."""
     per_problem: int = 8
     """Different correct solutions drawn per problem (``sft_examples``)."""
     num_threads: int = 2

@@ -238,13 +238,14 @@ def test_stored_results_of_another_draw_of_a_split_are_refused(tmp_path):
 
     config = preset_config("tiny-cpu", task="countdown", eval_size=6, ood_size=4, train_size=8, eval_n=2,
                            output_dir=str(tmp_path))
-    for seed in (config.data_seed, config.data_seed + 1):
+    def store(seed):
         rows = countdown.make_dataset("test", config.eval_size, seed=seed)
         save_eval(EvalResult(task="countdown", split="test", ids=[r["id"] for r in rows], n=2, correct=[1] * 6,
                              distinct_keys=[{"x"}] * 6, greedy_correct=[True] * 6), tmp_path / "eval_test.json")
-        if seed == config.data_seed:
-            assert _stored(tmp_path, config, ["test", "ood"]) == ["test"]
-    stored_ids = json.loads((tmp_path / "eval_test.json").read_text())["ids"]
-    assert len(stored_ids) == config.eval_size  # the count alone would pass
+
+    store(config.data_seed)
+    assert _stored(tmp_path, config, ["test", "ood"]) == ["test"]
+    store(config.data_seed + 1)  # another draw of the same size: the count alone would pass
+    assert len(json.loads((tmp_path / "eval_test.json").read_text())["ids"]) == config.eval_size
     with pytest.raises(ValueError, match=r"prompt ids.*differ"):
         _stored(tmp_path, config, ["test"])
