@@ -167,7 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=helptext)
         _add_config_options(p)
         p.add_argument("--splits", nargs="+", default=None,
-                       help='evaluation splits (default: test ood, and transfer with --transfer-task)')
+                       help='evaluation splits: test, ood, shift, transfer (default: test ood, and transfer '
+                            'with --transfer-task)')
         p.set_defaults(func=func)
         if name == "eval":
             p.add_argument("--base", action="store_true", help="evaluate the base model (adapters off)")

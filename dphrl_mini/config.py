@@ -198,6 +198,7 @@ class TrainConfig:
     train_size: int = 1000
     eval_size: int = 100
     ood_size: int = 100
+    """Prompts of a built-in task's out-of-domain splits, "ood" and "shift" (each)."""
     transfer_task: str | None = None
     """Another built-in task whose "test" split is also evaluated, as split "transfer": what training
     on ``task`` costs (or gains) on a skill it does not train, the papers' cross-task out-of-domain

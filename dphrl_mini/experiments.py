@@ -38,12 +38,12 @@ def load_eval(path: str | Path) -> EvalResult:
     return EvalResult(**{k: v for k, v in data.items() if k in names})
 
 
-SPLITS = ("test", "ood", "transfer")
+SPLITS = ("test", "ood", "shift", "transfer")
 
 
 def default_splits(config: TrainConfig) -> list[str]:
-    """"test" and "ood", and "transfer" when ``config.transfer_task`` is set (splits without rows,
-    e.g. "ood" of your own dataset, are skipped wherever splits are evaluated)."""
+    """"test" and "ood", and "transfer" when ``config.transfer_task`` is set ("shift" only when asked
+    for; splits without rows, e.g. "ood" of your own dataset, are skipped wherever splits are evaluated)."""
     return ["test", "ood"] + (["transfer"] if config.transfer_task and config.transfer_size else [])
 
 
@@ -234,8 +234,8 @@ _SPLIT_FIELDS = {"transfer": ("transfer_task", "transfer_size", "transfer_max_ne
 def _expected_evals(config: TrainConfig) -> dict[str, tuple[str, int | None]]:
     """Split -> (verifier name, prompt count) that a stored ``eval_{split}.json`` must record."""
     task = "custom" if config.reward else config.task  # the name of the verifier (sources.make_verifier)
-    sizes = {} if config.dataset else {"test": config.eval_size, "ood": config.ood_size}  # a dataset may hold fewer
-    expected = {s: (task, sizes.get(s)) for s in ("test", "ood")}
+    sizes = {} if config.dataset else {"test": config.eval_size, "ood": config.ood_size, "shift": config.ood_size}
+    expected = {s: (task, sizes.get(s)) for s in ("test", "ood", "shift")}  # a dataset may hold fewer
     expected["transfer"] = (config.transfer_task, config.transfer_size)
     return expected
 

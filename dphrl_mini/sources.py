@@ -41,7 +41,7 @@ FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv
 
 @dataclass
 class TaskData:
-    """Training rows, evaluation rows per split ("test", "ood" for built-in tasks, "transfer" with
+    """Training rows, evaluation rows per split ("test"; "ood" and "shift" for built-in tasks; "transfer" with
     ``transfer_task``) and their verifier (``eval_verifiers`` for a split scored by another task's)."""
 
     train: list[dict]
@@ -186,11 +186,12 @@ def make_verifier(cfg: TrainConfig, reward_fns: list[Callable] | None = None) ->
 
 
 def built_in_eval_rows(cfg: TrainConfig, split: str) -> list[dict]:
-    """The rows of evaluation split ``split`` ("test", "ood" or "transfer": the ``transfer_task``'s test
-    split) that a built-in task draws for ``cfg``; [] when the split asks for no rows."""
+    """The rows of evaluation split ``split`` ("test", "ood", "shift" or "transfer": the
+    ``transfer_task``'s test split) that a built-in task draws for ``cfg``; [] when the split asks for
+    no rows or the task has no such split (math has no "shift"). "ood" and "shift" draw ``ood_size`` rows."""
     task, size, task_split = ((cfg.transfer_task, cfg.transfer_size, "test") if split == "transfer"
-                              else (cfg.task, {"test": cfg.eval_size, "ood": cfg.ood_size}[split], split))
-    if not task or not size:
+                              else (cfg.task, cfg.eval_size if split == "test" else cfg.ood_size, split))
+    if not task or not size or task_split not in get_task(task).SPLITS:
         return []
     kwargs = {"source": cfg.task_source} if task == cfg.task == "math" else {}
     return get_task(task).make_dataset(task_split, size, seed=cfg.data_seed, **kwargs)
@@ -199,7 +200,7 @@ def built_in_eval_rows(cfg: TrainConfig, split: str) -> list[dict]:
 def task_data(cfg: TrainConfig, reward_fns: list[Callable] | None = None, train_dataset: Any = None,
               eval_dataset: Any = None) -> TaskData:
     """The rows and verifier of a run (see the module docstring); at most ``train_size`` training rows
-    and ``eval_size`` test rows (``ood_size`` for a built-in task's "ood" split), drawn with ``data_seed``."""
+    and ``eval_size`` test rows (``ood_size`` for a built-in task's "ood" and "shift" splits), drawn with ``data_seed``."""
     verifier = make_verifier(cfg, reward_fns)
     source = train_dataset if train_dataset is not None else cfg.dataset
     if source is None:
@@ -209,7 +210,7 @@ def task_data(cfg: TrainConfig, reward_fns: list[Callable] | None = None, train_
                 else f"built-in {cfg.task} {split} split")
         train = validate_rows(task.make_dataset("train", cfg.train_size, seed=cfg.data_seed, **kwargs),
                               name("train"), task.check_row)
-        evals = {s: validate_rows(built_in_eval_rows(cfg, s), name(s), task.check_row) for s in ("test", "ood")}
+        evals = {s: validate_rows(built_in_eval_rows(cfg, s), name(s), task.check_row) for s in ("test", "ood", "shift")}
     else:
         train = as_rows(source, "train_dataset")
         eval_source = eval_dataset if eval_dataset is not None else cfg.eval_dataset

@@ -15,7 +15,7 @@ The hub is unreachable in tests and CI, so the project builds its own policy (DE
    *several different correct solutions* drawn at random (``sft_examples``), so the initial
    policy spreads its mass over many correct answers: moderate Pass@1, high Pass@k. Training is
    deliberately short: an underfit, broad policy is what the RLVR experiments need; a sharp one
-   would leave nothing for Pass@k to measure. The ``"test"``/``"ood"`` splits are never used.
+   would leave nothing for Pass@k to measure. The ``"test"``, ``"ood"`` and ``"shift"`` splits are never used.
 4. **Rejection-sampling fine-tuning** (optional, ``rft_rounds``; STaR / RFT): the warm-started
    model samples ``rft_samples`` answers for each of 4,000 training problems and trains on its own
    distinct correct ones (``rft_pairs``). This is how an instruct model comes out of post-training:
@@ -315,8 +315,8 @@ def measure(model, tokenizer, n_prompts: int = MEASURE_PROMPTS, n: int = MEASURE
     """The figures the RLVR experiments need from a base model, with the project's own evaluator
     (``evaluate.evaluate``: temperature 1, no top-p; the experiments' sampler and scorer):
 
-    * ``{task}/test`` and ``{task}/ood``: Pass@1, Pass@n and distinct correct solutions per prompt
-      on ``n_prompts`` held-out prompts (Countdown test also per difficulty);
+    * ``{task}/test``, ``{task}/ood`` and ``{task}/shift``: Pass@1, Pass@n and distinct correct
+      solutions per prompt on ``n_prompts`` held-out prompts (Countdown also per difficulty);
     * ``{task}/train``: on the RL training prompts (``make_dataset("train", size, seed=0)``, the
       experiments' ``train_size``), the share that is near-perfect under the released rule (4 of 4
       samples correct) and under "6 of 8", and the 4-of-4 share's expectation over draws of the rule,
@@ -328,7 +328,7 @@ def measure(model, tokenizer, n_prompts: int = MEASURE_PROMPTS, n: int = MEASURE
     train_prompts = train_prompts or {"countdown": 2000, "sql": 400}
     results: dict[str, dict] = {}
     for task, max_new in ((countdown, 32), (sql, 96)):
-        for split in ("test", "ood"):
+        for split in ("test", "ood", "shift"):
             rows = task.make_dataset(split, n_prompts, seed=seed)
             result = evaluate(model, tokenizer, rows, task, n=n, ks=[1, n], max_new_tokens=max_new, seed=seed,
                               greedy=False, progress=progress)
@@ -365,10 +365,12 @@ TARGETS: tuple[tuple[str, str, float, float], ...] = (
     ("countdown/train", "expected near-perfect 4/4 (std err)", 0.0, 1.0),
     ("countdown/train", "near-perfect 6/8", 0.0, 1.0),
     ("countdown/ood", f"pass@{MEASURE_SAMPLES}", 0.20, 1.0),
+    ("countdown/shift", f"pass@{MEASURE_SAMPLES}", 0.20, 1.0),
     ("sql/test", "pass@1", 0.10, 1.0),
     ("sql/test", f"pass@{MEASURE_SAMPLES}", 0.50, 1.0),
     ("sql/train", "near-perfect 4/4", 0.0, 1.0),
     ("sql/ood", f"pass@{MEASURE_SAMPLES}", 0.20, 1.0),
+    ("sql/shift", f"pass@{MEASURE_SAMPLES}", 0.20, 1.0),
 )
 
 
@@ -452,7 +454,7 @@ def build_tiny_model(out_dir: str | Path, steps: int = TinyConfig.steps, seed: i
     """Train the tiny model and save model, tokenizer and a README into ``out_dir``; returns it.
 
     ``overrides`` set any other ``TinyConfig`` field. ``evaluate=True`` also measures Pass@1,
-    Pass@64 and distinct correct solutions on the test/ood splits and writes them to the README.
+    Pass@64 and distinct correct solutions on the test, ood and shift splits and writes them to the README.
     """
     cfg = TinyConfig(steps=steps, seed=seed, **overrides)
     torch.set_num_threads(cfg.num_threads)

@@ -192,7 +192,7 @@ class Trainer:
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
     def eval_rows(self, split: str) -> list[dict]:
-        """The evaluation rows of ``split`` ("test"; "ood" for built-in tasks; "transfer" with
+        """The evaluation rows of ``split`` ("test"; "ood" and "shift" for built-in tasks; "transfer" with
         ``transfer_task``); [] for any other."""
         return self._eval_rows.get(split, [])
 

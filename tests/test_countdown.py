@@ -122,6 +122,19 @@ def test_datasets_deterministic_disjoint_and_well_formed():
         cd.make_dataset("test", 10**6)
 
 
+def test_shift_split_is_the_test_draw_written_largest_first():
+    """"shift": the same problems as "test" (same seed and size), numbers in an order no training
+    prompt has, every row still solvable and scored by the same verifier."""
+    test, shift = cd.make_dataset("test", 200, seed=3), cd.make_dataset("shift", 200, seed=3)
+    train_prompts = {r["prompt"] for r in cd.make_dataset("train", 3000, seed=0)}
+    for t, s in zip(test, shift):
+        assert (sorted(s["numbers"]), s["target"], s["difficulty"]) == (t["numbers"], t["target"], t["difficulty"])
+        assert s["numbers"] == sorted(s["numbers"], reverse=True) and s["prompt"] == cd.format_prompt(s["numbers"], s["target"])
+        assert s["id"] != t["id"] and s["prompt"] not in train_prompts
+        assert cd.reward([s["prompt"]], [cd.solutions(s["numbers"], s["target"])[0]], [s["numbers"]], [s["target"]]) == [1.0]
+    assert sum(s["prompt"] != t["prompt"] for t, s in zip(test, shift)) > 190  # only repeated numbers read the same
+
+
 def test_difficulty_mix():
     """train/test rows follow DIFFICULTY_MIX exactly; easy = sum, moderate = no parentheses/division."""
     rows = cd.make_dataset("test", 250, seed=3)

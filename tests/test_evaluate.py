@@ -196,8 +196,9 @@ def test_prompt_tiers_name_the_difficulty_of_each_countdown_eval_prompt():
     from dphrl_mini.config import preset_config
     from dphrl_mini.experiments import prompt_tiers
 
+    # 10 test prompts, 5 ood and 5 shift prompts
     tiers = prompt_tiers(preset_config("tiny-cpu", task="countdown", eval_size=10, ood_size=5, train_size=10))
-    assert len(tiers) == 15 and set(tiers.values()) <= {"easy", "moderate", "hard"}
+    assert len(tiers) == 20 and set(tiers.values()) <= {"easy", "moderate", "hard"}
     assert list(dict.fromkeys(tiers.values())) == [t for t in ("easy", "moderate", "hard") if t in tiers.values()]
     assert prompt_tiers(preset_config("tiny-cpu", task="sql", eval_size=2, ood_size=2, train_size=2)) == {}
 

@@ -195,6 +195,20 @@ def test_a_built_in_task_without_ood_rows_still_loads(tmp_path):
     assert data.verifier.name == "math" and data.verifier.solution_key is math_task.solution_key
 
 
+def test_shift_split_is_opt_in_and_empty_for_a_task_without_one(tmp_path):
+    """"shift" draws ood_size rows of a built-in task's shifted split; math has none (no rows, not an error)."""
+    from dphrl_mini.experiments import default_splits, resolve_splits
+    from dphrl_mini.tasks import countdown
+
+    cfg = preset_config("tiny-cpu", train_size=4, eval_size=2, ood_size=3, output_dir=str(tmp_path))
+    data = task_data(cfg)
+    assert [r["id"] for r in data.eval["shift"]] == [r["id"] for r in countdown.make_dataset("shift", 3, seed=0)]
+    assert "shift" not in default_splits(cfg) and resolve_splits(cfg, ["test", "shift"]) == ["test", "shift"]
+    math_cfg = preset_config("one-gpu-qlora", task_source=None, train_size=4, eval_size=2, ood_size=2,
+                             output_dir=str(tmp_path))
+    assert task_data(math_cfg).eval["shift"] == []
+
+
 def test_transfer_split_is_another_tasks_test_scored_by_its_verifier(tmp_path):
     """transfer_task: the other task's "test" rows, next to the run's own, each split with its verifier."""
     from dphrl_mini.experiments import default_splits, resolve_splits

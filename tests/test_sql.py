@@ -30,7 +30,7 @@ def test_databases_deterministic_and_cached(db_dir, tmp_path):
 
 def test_every_equivalent_query_matches_gold(db_dir):
     n_checked = 0
-    for split in ("train", "test", "ood"):
+    for split in ("train", "test", "ood", "shift"):
         for row in sql.make_dataset(split, 60, seed=0, db_dir=db_dir):
             queries = sql.equivalent_queries(row)
             assert queries[0] == row["gold_sql"] and len(queries) >= 5 and len(set(queries)) == len(queries)
@@ -86,6 +86,20 @@ def test_datasets_deterministic_disjoint_and_well_formed(db_dir):
         sql.make_dataset("dev", 2, db_dir=db_dir)
     with pytest.raises(ValueError):
         sql.make_dataset("test", 10**6, db_dir=db_dir)
+
+
+def test_shift_split_is_the_test_draw_reworded(db_dir):
+    """"shift": the "test" problems (same seed and size) asked in words no training prompt uses, with
+    the same gold query; every reworded question differs from its test form."""
+    test, shift = (sql.make_dataset(s, 200, seed=2, db_dir=db_dir) for s in ("test", "shift"))
+    train_prompts = [r["prompt"] for r in sql.make_dataset("train", 2000, seed=0, db_dir=db_dir)]
+    for t, s in zip(test, shift):
+        assert (s["gold_sql"], s["db_path"]) == (t["gold_sql"], t["db_path"]) and s["id"] != t["id"]
+        assert s["prompt"] == t["prompt"].replace(t["question"], sql.reword(t["question"])) != t["prompt"]
+    new_words = (" where ", " above ", " below ", " between ")
+    assert all(any(w in r["prompt"] for w in new_words) for r in shift)
+    assert not any(w in p for p in train_prompts for w in new_words)
+    assert sql.reword("count customers with age from 20 to 40") == "count customers where age between 20 and 40"
 
 
 def test_sft_examples_can_keep_only_queries_that_copy_the_question_numbers(db_dir):

@@ -29,6 +29,9 @@ target; a completion is a bare expression such as ``3*5+7``.
   ranges, but targets reached by only 1 to ``MIN_SOLUTIONS - 1`` distinct expressions, a kind of
   problem no training problem is. (Numbers outside 1..20 are no fair shift for the built-in
   character-level model: nothing it was trained on teaches it to use them, so every method scores 0.)
+  "shift" (a shift in the prompt's form): "test" problems, drawn as "test" is (the same problems
+  when as many are asked for), with their numbers written largest first (``"7 5 3 -> 22:"``), an
+  order no training prompt has. The built-in models reach it, unlike "ood" (README).
 """
 
 from __future__ import annotations
@@ -53,7 +56,8 @@ IN_RANGE = range(1, 21)
 TEST_FRACTION = 0.2
 DIFFICULTIES = ("easy", "moderate", "hard")
 DIFFICULTY_MIX = {"easy": 0.4, "moderate": 0.4, "hard": 0.2}
-"""Share of each difficulty in "train" and "test" rows ("ood" keeps its natural mix)."""
+"""Share of each difficulty in "train", "test" and "shift" rows ("ood" keeps its natural mix)."""
+SPLITS = ("train", "test", "ood", "shift")
 
 _PREC = {"+": 1, "-": 1, "*": 2, "/": 2}
 
@@ -296,14 +300,22 @@ def format_prompt(numbers: list[int], target: int) -> str:
 
 
 def make_dataset(split: str, n: int, seed: int = 0, mix: bool = True) -> list[dict]:
-    """``n`` distinct problems of ``split`` ("train", "test" or "ood"), drawn with ``seed``.
+    """``n`` distinct problems of ``split`` ("train", "test", "ood" or "shift"), drawn with ``seed``.
 
     "train" and "test" follow ``DIFFICULTY_MIX`` (rounded, the remainder going to "moderate"), in
     a seeded random order; ``mix=False`` draws from the whole split (its natural mix; the tiny
-    model's warm start). Rows: ``id``, ``prompt``, ``numbers`` (ascending), ``target``, ``difficulty``.
+    model's warm start). "shift" is the "test" draw with the numbers written largest first.
+    Rows: ``id``, ``prompt``, ``numbers`` (in the prompt's order), ``target``, ``difficulty``.
     """
-    if split not in ("train", "test", "ood"):
-        raise ValueError(f"split must be 'train', 'test' or 'ood', got {split!r}")
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(map(repr, SPLITS))}, got {split!r}")
+    if split == "shift":
+        rows = make_dataset("test", n, seed, mix)
+        for row in rows:
+            row["numbers"] = sorted(row["numbers"], reverse=True)
+            row["id"] = row["id"].replace("countdown-test-", "countdown-shift-", 1)
+            row["prompt"] = format_prompt(row["numbers"], row["target"])
+        return rows
     pool, rng = _problems(split), random.Random(seed)
     if split == "ood" or not mix:
         if n > len(pool):

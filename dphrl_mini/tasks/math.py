@@ -30,6 +30,8 @@ _NAMES = ("Ana", "Ben", "Chen", "Dara", "Eli", "Fatima", "Goran", "Hiro", "Ines"
 _ITEMS = ("apples", "stickers", "pencils", "marbles", "cookies", "books")
 INSTRUCTION = " Put the final answer in \\boxed{}."
 FILE_TEST_FRACTION = 0.2
+SPLITS = ("train", "test", "ood")
+"""The splits ``make_dataset`` draws (no "shift": the math task has no shifted form)."""
 
 
 def with_instruction(question: str) -> str:
@@ -118,8 +120,8 @@ def make_dataset(split: str, n: int, seed: int = 0, source: str | None = None) -
     """``n`` rows of ``split``. With ``source=None``: local synthetic word problems ("ood" uses
     bigger numbers; train/test come from disjoint seeds). Otherwise ``load_dataset_rows(source)``
     with split "ood" mapped to "test", shuffled with ``seed``."""
-    if split not in ("train", "test", "ood"):
-        raise ValueError(f"split must be 'train', 'test' or 'ood', got {split!r}")
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(map(repr, SPLITS))}, got {split!r}")
     if source is not None:
         rows = load_dataset_rows(source, "test" if split == "ood" else split)
         if Path(source).exists():  # one file serves every split: hold out a fixed share of questions

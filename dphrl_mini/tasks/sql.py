@@ -11,7 +11,10 @@ equivalent queries (``'Paris'=city``, ``city IN ('Paris')``, aliases, ``COUNT(*)
 * **Prompt.** ``"shop | customers with city Paris:"`` (< 80 printable ASCII characters); the
   completion is one SQL query (< 90 characters).
 * **Splits.** Questions of shop/school/library go to "train" or "test" by a fixed hash of the
-  question (disjoint whatever the seed); "ood" is the unseen hospital schema.
+  question (disjoint whatever the seed); "ood" is the unseen hospital schema. "shift" (a shift in
+  the prompt's form) is the "test" draw (the same problems when as many are asked for) with each
+  question reworded in words no training prompt uses (``reword``: "customers where age above 30"
+  for "customers with age over 30"); its gold query is unchanged.
 * **Execution match**: the predicted and gold results are compared as multisets of rows, or as
   ordered lists when the gold query has ``ORDER BY``; numbers are normalized (integral floats ->
   int, other floats rounded to 6 places). Any failure is a plain ``False``.
@@ -49,6 +52,9 @@ MAX_QUERY_CHARS = 90
 TEST_FRACTION = 0.2
 IN_FAMILIES = ("shop", "school", "library")
 OOD_FAMILIES = ("hospital",)
+SPLITS = ("train", "test", "ood", "shift")
+_REWORDING = ((" with ", " where "), (" over ", " above "), (" under ", " below "), (" from ", " between "),
+              (" to ", " and "))
 _WORDS = ("Ada Bo Cy Di Ed Flo Gus Hal Ivy Jo Kai Lu Max Ned Oli Pia Quin Rex Sue Tom Uma Vic Wes "
           "Xia Yan Zoe Ari Ben Cal Dov Eli Fay Gil Hana Ira Jay Kim Leo Mia Nia").split()
 
@@ -264,10 +270,25 @@ def _problems(split: str, db_dir: str) -> tuple[dict, ...]:
     return tuple(problems)
 
 
+def reword(question: str) -> str:
+    """The "shift" split's form of a question: "count customers with age from 20 to 40" ->
+    "count customers where age between 20 and 40" (the same query answers both)."""
+    for old, new in _REWORDING:
+        question = question.replace(old, new)
+    return question
+
+
 def make_dataset(split: str, n: int, seed: int = 0, db_dir: str | Path | None = None) -> list[dict]:
     """``n`` distinct problems of ``split``; rows: ``id``, ``prompt``, ``db_path``, ``gold_sql``, ``question``."""
-    if split not in ("train", "test", "ood"):
-        raise ValueError(f"split must be 'train', 'test' or 'ood', got {split!r}")
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(map(repr, SPLITS))}, got {split!r}")
+    if split == "shift":
+        rows = make_dataset("test", n, seed, db_dir)
+        for row in rows:
+            row["id"] = row["id"].replace("sql-", "sql-shift-", 1)
+            row["prompt"] = row["prompt"].replace(row["question"], reword(row["question"]), 1)
+            row["question"] = reword(row["question"])
+        return rows
     pool = _problems(split, str(Path(db_dir or cache_dir()).resolve()))
     if n > len(pool):
         raise ValueError(f"sql {split!r} has {len(pool)} problems, asked for {n}")
@@ -278,9 +299,10 @@ def make_dataset(split: str, n: int, seed: int = 0, db_dir: str | Path | None = 
 def equivalent_queries(row: dict) -> list[str]:
     """Every templated query equivalent to the row's gold query (the gold one first)."""
     db_dir = str(Path(row["db_path"]).resolve().parent)
+    wanted = row["id"].replace("sql-shift-", "sql-", 1)  # a "shift" row is a reworded "test" row
     for split in ("train", "test", "ood"):
         for p in _problems(split, db_dir):
-            if p["id"] == row["id"]:
+            if p["id"] == wanted:
                 return list(p["equivalents"])
     raise KeyError(row["id"])
 
