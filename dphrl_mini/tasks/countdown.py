@@ -42,7 +42,7 @@ import random
 from fractions import Fraction
 from functools import lru_cache
 
-from .rows import check_field
+from .rows import check_field, check_split
 from .answers import extract_answer
 
 NAME = "countdown"
@@ -307,8 +307,7 @@ def make_dataset(split: str, n: int, seed: int = 0, mix: bool = True) -> list[di
     model's warm start). "shift" is the "test" draw with the numbers written largest first.
     Rows: ``id``, ``prompt``, ``numbers`` (in the prompt's order), ``target``, ``difficulty``.
     """
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {', '.join(map(repr, SPLITS))}, got {split!r}")
+    check_split(split, SPLITS)
     if split == "shift":
         rows = make_dataset("test", n, seed, mix)
         for row in rows:

@@ -22,7 +22,7 @@ import json
 import random
 from pathlib import Path
 
-from .rows import check_field
+from .rows import check_field, check_split
 
 NAME = "math"
 SAMPLE_PATH = Path(__file__).resolve().parent / "data" / "gsm8k_sample.jsonl"
@@ -120,8 +120,7 @@ def make_dataset(split: str, n: int, seed: int = 0, source: str | None = None) -
     """``n`` rows of ``split``. With ``source=None``: local synthetic word problems ("ood" uses
     bigger numbers; train/test come from disjoint seeds). Otherwise ``load_dataset_rows(source)``
     with split "ood" mapped to "test", shuffled with ``seed``."""
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {', '.join(map(repr, SPLITS))}, got {split!r}")
+    check_split(split, SPLITS)
     if source is not None:
         rows = load_dataset_rows(source, "test" if split == "ood" else split)
         if Path(source).exists():  # one file serves every split: hold out a fixed share of questions

@@ -24,6 +24,12 @@ def validate_rows(rows: list[dict], source: str, check_row: Callable[[dict], Non
     return rows
 
 
+def check_split(split: str, splits: tuple[str, ...]) -> None:
+    """Raise ``ValueError`` naming the valid choices unless ``split`` is one of a task's ``splits``."""
+    if split not in splits:
+        raise ValueError(f"split must be one of {', '.join(map(repr, splits))}, got {split!r}")
+
+
 def check_field(row: dict, name: str, kind: type | tuple[type, ...]) -> None:
     """Raise ``ValueError`` unless ``row[name]`` exists and is a ``kind`` (non-empty when a string)."""
     if name not in row:

@@ -43,7 +43,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from .answers import extract_answer
-from .rows import check_field
+from .rows import check_field, check_split
 
 NAME = "sql"
 DB_SEED = 0
@@ -280,14 +280,13 @@ def reword(question: str) -> str:
 
 def make_dataset(split: str, n: int, seed: int = 0, db_dir: str | Path | None = None) -> list[dict]:
     """``n`` distinct problems of ``split``; rows: ``id``, ``prompt``, ``db_path``, ``gold_sql``, ``question``."""
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {', '.join(map(repr, SPLITS))}, got {split!r}")
+    check_split(split, SPLITS)
     if split == "shift":
         rows = make_dataset("test", n, seed, db_dir)
         for row in rows:
+            question = reword(row["question"])
             row["id"] = row["id"].replace("sql-", "sql-shift-", 1)
-            row["prompt"] = row["prompt"].replace(row["question"], reword(row["question"]), 1)
-            row["question"] = reword(row["question"])
+            row["prompt"], row["question"] = row["prompt"].replace(row["question"], question, 1), question
         return rows
     pool = _problems(split, str(Path(db_dir or cache_dir()).resolve()))
     if n > len(pool):
