@@ -149,6 +149,12 @@ class TinyConfig:
     """Peak learning rate of a rejection-sampling round."""
     rft_samples: int = 8
     """Completions sampled per training problem in a rejection-sampling round."""
+    rft_replay: float = 0.0
+    """Warm-start pairs (``sft_pairs``, drawn at random) added to each round, as a multiple of the
+    round's own pairs: RFT as Yuan et al. (2023) run it trains on the SFT data next to the distinct
+    rejection samples. 0: the round trains on its own samples only. Measured (README): 0.5 and 1.0
+    keep the model broader (higher Pass@64, Countdown ood up to 19%) and blunter (fewer near-perfect
+    prompts, lower Pass@1) than 0."""
 
 
 def tiny_model_config(cfg: TinyConfig, vocab_size: int) -> LlamaConfig:
@@ -246,6 +252,9 @@ def train_tiny(cfg: TinyConfig, log_every: int = 50, callback=None):
         pairs = rft_pairs(model, tokenizer, seed=cfg.seed, round_index=round_index, samples=cfg.rft_samples)
         logger.info("rejection-sampling round %d/%d: %d distinct correct samples", round_index + 1, cfg.rft_rounds,
                     len(pairs))
+        if cfg.rft_replay:
+            warm_start = sft_pairs(cfg)
+            pairs += rng.sample(warm_start, min(len(warm_start), round(cfg.rft_replay * len(pairs))))
         _fit(model, tokenizer, pairs, cfg, cfg.rft_steps, cfg.rft_lr, RFT_WARMUP_STEPS, rng, log_every)
     model.eval()
     return model, tokenizer

@@ -184,3 +184,15 @@ def test_hub_style_names_of_the_built_ins():
 
     assert resolve_model_path("dphrl-mini/tiny-rft") == resolve_model_path("tiny-rft")
     assert resolve_model_path("dphrl-mini/other") == "dphrl-mini/other"  # any other id stays a hub id
+
+
+def test_rft_replay_adds_warm_start_pairs_to_the_round(monkeypatch):
+    seen = []
+    monkeypatch.setattr(tiny, "rft_pairs", lambda *a, **k: [("1 2 3 -> 6:", "1+2+3")] * 10)
+    monkeypatch.setattr(tiny, "_fit", lambda model, tokenizer, pairs, *a, **k: seen.append(list(pairs)))
+    cfg = tiny.TinyConfig(steps=0, init_from=str(tiny.tiny_model_path()), rft_rounds=1, rft_replay=0.5,
+                          countdown_problems=20, sql_problems=5)
+    tiny.train_tiny(cfg)
+    (pairs,) = seen
+    assert len(pairs) == 15  # the round's 10 samples + 0.5 x 10 warm-start pairs
+    assert set(pairs[10:]) <= set(tiny.sft_pairs(cfg))
