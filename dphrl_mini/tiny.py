@@ -455,7 +455,9 @@ BUILT_IN = {
 one when it is missing (the committed checkpoints' exact commands are in their READMEs). A one-call
 rebuild repeats the recipe, not the weights: the round's batch order differs from the two calls'.
 For ``tiny-30min`` this was measured once (its asset README): the same warm-start loss at every
-logged step and the same round data, and a model whose test Pass@64 came out at 91%, not 95%."""
+logged step and the same round data, and a model whose test Pass@64 came out at 91%, not 95%. On
+another 2-core CPU the same recipe gave a much weaker model (Countdown Pass@1 23.6%, 5.3% near-perfect;
+README): the committed weights, not the recipe, carry the measured figures."""
 
 
 def build_tiny_model(out_dir: str | Path, steps: int = TinyConfig.steps, seed: int = 0,
