@@ -237,6 +237,8 @@ def _collate(examples, index: list[int], pad_id: int):
 def train_tiny(cfg: TinyConfig, log_every: int = 50, callback=None):
     """Build tokenizer + model (random, or ``init_from``), run the supervised warm start and then
     ``rft_rounds`` rounds of rejection-sampling fine-tuning; returns (model, tokenizer)."""
+    if cfg.rft_replay < 0:
+        raise ValueError(f"rft_replay must be >= 0 (a multiple of the round's pairs), got {cfg.rft_replay}")
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
     tokenizer = build_tokenizer(cfg.max_position_embeddings)
@@ -244,8 +246,9 @@ def train_tiny(cfg: TinyConfig, log_every: int = 50, callback=None):
         model = LlamaForCausalLM.from_pretrained(cfg.init_from, dtype=torch.float32)
     else:
         model = LlamaForCausalLM(tiny_model_config(cfg, len(tokenizer)))
+    warm_start = sft_pairs(cfg) if cfg.steps or (cfg.rft_rounds and cfg.rft_replay) else []
     if cfg.steps:
-        _fit(model, tokenizer, sft_pairs(cfg), cfg, cfg.steps, cfg.lr, cfg.warmup_steps, rng, log_every, callback,
+        _fit(model, tokenizer, warm_start, cfg, cfg.steps, cfg.lr, cfg.warmup_steps, rng, log_every, callback,
              schedule_steps=cfg.schedule_steps)
     for round_index in range(cfg.rft_rounds):
         model.eval()
@@ -253,7 +256,6 @@ def train_tiny(cfg: TinyConfig, log_every: int = 50, callback=None):
         logger.info("rejection-sampling round %d/%d: %d distinct correct samples", round_index + 1, cfg.rft_rounds,
                     len(pairs))
         if cfg.rft_replay:
-            warm_start = sft_pairs(cfg)
             pairs += rng.sample(warm_start, min(len(warm_start), round(cfg.rft_replay * len(pairs))))
         _fit(model, tokenizer, pairs, cfg, cfg.rft_steps, cfg.rft_lr, RFT_WARMUP_STEPS, rng, log_every)
     model.eval()

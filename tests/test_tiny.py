@@ -196,3 +196,5 @@ def test_rft_replay_adds_warm_start_pairs_to_the_round(monkeypatch):
     (pairs,) = seen
     assert len(pairs) == 15  # the round's 10 samples + 0.5 x 10 warm-start pairs
     assert set(pairs[10:]) <= set(tiny.sft_pairs(cfg))
+    with pytest.raises(ValueError, match="rft_replay"):
+        tiny.train_tiny(tiny.TinyConfig(steps=0, rft_replay=-1))
