@@ -246,7 +246,7 @@ def train_tiny(cfg: TinyConfig, log_every: int = 50, callback=None):
         model = LlamaForCausalLM.from_pretrained(cfg.init_from, dtype=torch.float32)
     else:
         model = LlamaForCausalLM(tiny_model_config(cfg, len(tokenizer)))
-    warm_start = sft_pairs(cfg) if cfg.steps or (cfg.rft_rounds and cfg.rft_replay) else []
+    warm_start = sft_pairs(cfg) if cfg.steps or cfg.rft_replay else []
     if cfg.steps:
         _fit(model, tokenizer, warm_start, cfg, cfg.steps, cfg.lr, cfg.warmup_steps, rng, log_every, callback,
              schedule_steps=cfg.schedule_steps)
