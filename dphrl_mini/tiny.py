@@ -131,7 +131,7 @@ class TinyConfig:
     sql_drill_families: int = 0
     """Made-up SQL schemas (``sql.schema_drill_examples``, 20 questions each) added to the warm start:
     a drill in copying the question's table, column and value names, which the held-out "ood"
-    schema needs. 0: none. Measured (README): 150 schemas over 1,200 steps did not teach copying;
+    schema needs. 0: none. Measured (``assets/README.md``): 150 schemas over 1,200 steps did not teach copying;
     1,200 or 3,000 over 2,000 (and 4,000) more steps teach copying only approximately (table names misspelt)."""
     per_problem: int = 8
     """Different correct solutions drawn per problem (``sft_examples``)."""
@@ -152,7 +152,7 @@ class TinyConfig:
     rft_replay: float = 0.0
     """Warm-start pairs (``sft_pairs``, drawn at random) added to each round, as a multiple of the
     round's own pairs: RFT as Yuan et al. (2023) run it trains on the SFT data next to the distinct
-    rejection samples. 0: the round trains on its own samples only. Measured (README): 0.5 and 1.0
+    rejection samples. 0: the round trains on its own samples only. Measured (``assets/README.md``): 0.5 and 1.0
     keep the model broader (higher Pass@64, Countdown ood up to 19%) and blunter (fewer near-perfect
     prompts, lower Pass@1) than 0."""
 
@@ -459,7 +459,7 @@ rebuild repeats the recipe, not the weights: the round's batch order differs fro
 For ``tiny-30min`` this was measured once (its asset README): the same warm-start loss at every
 logged step and the same round data, and a model whose test Pass@64 came out at 91%, not 95%. On
 another 2-core CPU the same recipe gave a much weaker model (Countdown Pass@1 23.6%, 5.3% near-perfect;
-README): the committed weights, not the recipe, carry the measured figures."""
+``assets/README.md``): the committed weights, not the recipe, carry the measured figures."""
 
 
 def build_tiny_model(out_dir: str | Path, steps: int = TinyConfig.steps, seed: int = 0,

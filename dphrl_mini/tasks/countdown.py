@@ -31,7 +31,7 @@ target; a completion is a bare expression such as ``3*5+7``.
   character-level model: nothing it was trained on teaches it to use them, so every method scores 0.)
   "shift" (a shift in the prompt's form): "test" problems, drawn as "test" is (the same problems
   when as many are asked for), with their numbers written largest first (``"7 5 3 -> 22:"``), an
-  order no training prompt has. The built-in models reach it, unlike "ood" (README).
+  order no training prompt has. The built-in models reach it, unlike "ood" (``results/README.md``).
 """
 
 from __future__ import annotations
