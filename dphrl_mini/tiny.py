@@ -122,6 +122,11 @@ class TinyConfig:
     countdown_mix_problems: int = 0
     """More countdown problems (repeats allowed) drawn with the task's difficulty mix, the
     distribution RL trains and tests on: more of the easy tier, which the near-perfect set needs."""
+    countdown_wide_problems: int = 0
+    """Countdown problems with targets 101-400 (``countdown.wide_rows``, never an RL or evaluation prompt)
+    added to the warm start, as a pretrained model has seen more arithmetic than its RL prompts. The
+    forms most "ood" problems need (``n*n-n``, ``(n-n)*n``) are 35% of their solutions and 2% of the
+    "train" split's, whose targets also have other solutions. 0: none."""
     sql_problems: int = 1000
     """Distinct SQL problems in the SFT set."""
     sql_copy_numbers_only: bool = False
@@ -183,6 +188,8 @@ def sft_pairs(cfg: TinyConfig) -> list[tuple[str, str]]:
     rows = countdown.make_dataset("train", cfg.countdown_problems, seed=seed, mix=False) if cfg.countdown_problems else []
     if cfg.countdown_mix_problems:
         rows += countdown.make_dataset("train", cfg.countdown_mix_problems, seed=seed + 1)
+    if cfg.countdown_wide_problems:
+        rows += countdown.wide_rows(cfg.countdown_wide_problems, seed=seed + 2)
     pairs = countdown.sft_examples(rows, per_problem=cfg.per_problem, seed=seed)
     if cfg.sql_problems:
         rows = sql.make_dataset("train", cfg.sql_problems, seed=seed)

@@ -1,5 +1,6 @@
 """Countdown: parser, solver, generators (property-based fuzzing lives in test_hostile_inputs.py)."""
 
+import re
 import string
 import time
 
@@ -175,3 +176,21 @@ def test_reward_is_trl_compatible():
     assert out == [1.0] * 4
     out = cd.reward(["p"], ["<answer>3*5+7</answer>"], numbers=[[3, 5, 7]], target=[21])
     assert out == [0.0]
+
+
+def test_wide_rows_lie_outside_every_split_and_teach_the_sparse_forms():
+    """``wide_rows`` (warm start only): targets 101-400, so never a train, test, ood or shift problem;
+    correct solutions; deterministic by seed; rich in the forms the "ood" split needs."""
+    rows = cd.wide_rows(300, seed=1)
+    assert rows == cd.wide_rows(300, seed=1) and rows != cd.wide_rows(300, seed=2)
+    lo, hi = cd.WIDE_TARGET_RANGE
+    assert lo > cd.TARGET_RANGE[1]
+    assert len({r["id"] for r in rows}) == len(rows)
+    for row in rows:
+        assert lo <= row["target"] <= hi and all(n in cd.IN_RANGE for n in row["numbers"])
+        assert row["prompt"] == cd.format_prompt(row["numbers"], row["target"])
+        assert all(cd.is_correct(row["numbers"], row["target"], s) for s in cd.solutions(row["numbers"], row["target"])[:3])
+    forms = [re.sub(r"\d+", "n", s) for r in rows for s in cd.solutions(r["numbers"], r["target"])]
+    assert sum(f in ("n*n-n", "(n-n)*n", "n*(n-n)") for f in forms) / len(forms) > 0.2
+    with pytest.raises(ValueError, match="asked for"):
+        cd.wide_rows(10**6)

@@ -198,3 +198,13 @@ def test_rft_replay_adds_warm_start_pairs_to_the_round(monkeypatch):
     assert set(pairs[10:]) <= set(tiny.sft_pairs(cfg))
     with pytest.raises(ValueError, match="rft_replay"):
         tiny.train_tiny(tiny.TinyConfig(steps=0, rft_replay=-1))
+
+
+def test_wide_countdown_problems_join_the_warm_start():
+    """``countdown_wide_problems`` adds targets 101-400 to the warm start, and nothing else changes."""
+    base = tiny.TinyConfig(countdown_problems=20, sql_problems=0, per_problem=2)
+    wide = tiny.TinyConfig(countdown_problems=20, sql_problems=0, per_problem=2, countdown_wide_problems=10)
+    plain, more = tiny.sft_pairs(base), tiny.sft_pairs(wide)
+    added = [p for p in more if p not in plain]
+    assert plain == more[:len(plain)] and len({prompt for prompt, _ in added}) == 10
+    assert all(int(prompt.split("-> ")[1].rstrip(":")) > 100 for prompt, _ in added)

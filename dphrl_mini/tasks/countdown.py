@@ -32,6 +32,8 @@ target; a completion is a bare expression such as ``3*5+7``.
   "shift" (a shift in the prompt's form): "test" problems, drawn as "test" is (the same problems
   when as many are asked for), with their numbers written largest first (``"7 5 3 -> 22:"``), an
   order no training prompt has. The built-in models reach it, unlike "ood" (``results/README.md``).
+  ``wide_rows`` (not a split: a warm start's extra data, never RL or evaluation prompts) draws problems
+  with targets 101-400, whose solutions show the forms most "ood" problems need.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ MAX_DEPTH = 16
 MAX_MAGNITUDE = 10**12
 MIN_SOLUTIONS = 4
 TARGET_RANGE = (1, 100)
+WIDE_TARGET_RANGE = (101, 400)
 IN_RANGE = range(1, 21)
 TEST_FRACTION = 0.2
 DIFFICULTIES = ("easy", "moderate", "hard")
@@ -279,8 +282,9 @@ def _split_of(numbers: tuple[int, ...], target: int) -> str:
 
 @lru_cache(maxsize=4)
 def _problems(split: str) -> tuple[tuple[tuple[int, ...], int, int, str], ...]:
-    """Every (sorted numbers, target, number of solutions, difficulty) of a split, in a fixed order."""
-    lo, hi = TARGET_RANGE
+    """Every (sorted numbers, target, number of solutions, difficulty) of a split, in a fixed order.
+    "wide": every problem with a target in ``WIDE_TARGET_RANGE`` (``wide_rows``)."""
+    lo, hi = WIDE_TARGET_RANGE if split == "wide" else TARGET_RANGE
     problems = []
     for nums in itertools.combinations_with_replacement(IN_RANGE, 3):
         counts: dict[int, int] = {}
@@ -289,7 +293,7 @@ def _problems(split: str) -> tuple[tuple[tuple[int, ...], int, int, str], ...]:
                 counts[int(value)] = counts.get(int(value), 0) + 1
         for target, count in sorted(counts.items()):
             sparse = count < MIN_SOLUTIONS  # the ood split; train/test need many correct answers
-            if sparse if split == "ood" else (not sparse and _split_of(nums, target) == split):
+            if split == "wide" or (sparse if split == "ood" else (not sparse and _split_of(nums, target) == split)):
                 problems.append((nums, target, count, difficulty(nums, target)))
     return tuple(problems)
 
@@ -331,6 +335,20 @@ def make_dataset(split: str, n: int, seed: int = 0, mix: bool = True) -> list[di
                                  f"({DIFFICULTY_MIX[d]:.0%} of {n}); ask for fewer rows")
             chosen += rng.sample(tier, quota[d])
         rng.shuffle(chosen)
+    return _rows(split, chosen)
+
+
+def wide_rows(n: int, seed: int = 0) -> list[dict]:
+    """``n`` distinct problems with targets in ``WIDE_TARGET_RANGE`` (101-400, numbers 1-20, any number of
+    solutions), for a warm start only: never a split for RL or evaluation. Their solutions are rich in
+    the forms ``n*n-n`` and ``(n-n)*n`` (35%, against 2% in "train"), which most "ood" problems need."""
+    pool = _problems("wide")
+    if n > len(pool):
+        raise ValueError(f"countdown has {len(pool)} problems with targets {WIDE_TARGET_RANGE}, asked for {n}")
+    return _rows("wide", random.Random(seed).sample(pool, n))
+
+
+def _rows(split: str, chosen) -> list[dict]:
     return [{"id": f"countdown-{split}-{'_'.join(map(str, nums))}-{target}", "prompt": format_prompt(list(nums), target),
              "numbers": list(nums), "target": target, "difficulty": level} for nums, target, _, level in chosen]
 
