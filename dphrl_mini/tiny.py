@@ -126,7 +126,9 @@ class TinyConfig:
     """Countdown problems with targets 101-400 (``countdown.wide_rows``, never an RL or evaluation prompt)
     added to the warm start, as a pretrained model has seen more arithmetic than its RL prompts. The
     forms most "ood" problems need (``n*n-n``, ``(n-n)*n``) are 35% of their solutions and 2% of the
-    "train" split's, whose targets also have other solutions. 0: none."""
+    "train" split's, whose targets also have other solutions. 0: none. Measured (``assets/README.md``):
+    2,000 of them in a 3,600-step warm start lifted Countdown ood Pass@64 from 5% to 9% and cost every
+    in-domain figure, SQL most."""
     sql_problems: int = 1000
     """Distinct SQL problems in the SFT set."""
     sql_copy_numbers_only: bool = False
