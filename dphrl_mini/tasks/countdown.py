@@ -341,7 +341,7 @@ def make_dataset(split: str, n: int, seed: int = 0, mix: bool = True) -> list[di
 def wide_rows(n: int, seed: int = 0) -> list[dict]:
     """``n`` distinct problems with targets in ``WIDE_TARGET_RANGE`` (101-400, numbers 1-20, any number of
     solutions), for a warm start only: never a split for RL or evaluation. Their solutions are rich in
-    the forms ``n*n-n`` and ``(n-n)*n`` (35%, against 2% in "train"), which most "ood" problems need."""
+    the forms ``n*n-n`` and ``(n-n)*n`` (35%, against 2.5% in "train"), which most "ood" problems need."""
     pool = _problems("wide")
     if n > len(pool):
         raise ValueError(f"countdown has {len(pool)} problems with targets {WIDE_TARGET_RANGE}, asked for {n}")
