@@ -159,8 +159,9 @@ class TrainConfig:
     """Hugging Face id or local path; "tiny" is the built-in character-level model,
     "tiny-rft" the same after a longer warm start and rejection-sampling fine-tuning, "tiny-rft2"
     "tiny-rft" after a SQL-heavier warm start and a second round (the papers' regime in-domain; its
-    out-of-domain splits are still out of reach), "tiny-30min" close to that regime from one
-    30-minute CPU build (`results/countdown_30min`)."""
+    same-task ood splits are out of its reach), "tiny-rft3" "tiny-rft2" after a stage that adds the
+    halves held apart from the ood splits (the whole regime, ood included), "tiny-30min" close to
+    the in-domain regime from one 30-minute CPU build (`results/countdown_30min`)."""
     quantization: str | None = None
     """None, "4bit" (NF4, double quant) or "8bit" (bitsandbytes)."""
     lora_rank: int = 16

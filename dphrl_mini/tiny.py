@@ -15,18 +15,22 @@ The hub is unreachable in tests and CI, so the project builds its own policy (DE
    *several different correct solutions* drawn at random (``sft_examples``), so the initial
    policy spreads its mass over many correct answers: moderate Pass@1, high Pass@k. Training is
    deliberately short: an underfit, broad policy is what the RLVR experiments need; a sharp one
-   would leave nothing for Pass@k to measure. The ``"test"``, ``"ood"`` and ``"shift"`` splits are never used.
+   would leave nothing for Pass@k to measure. The ``"test"``, ``"ood"`` and ``"shift"`` splits are never used;
+   the halves held apart from "ood" (``countdown_ood_pretrain_problems``, ``sql_ood_pretrain_problems``)
+   may be, as a pretrained model has seen the kind of its out-of-domain tasks (off by default).
 4. **Rejection-sampling fine-tuning** (optional, ``rft_rounds``; STaR / RFT): the warm-started
    model samples ``rft_samples`` answers for each of 4,000 training problems and trains on its own
    distinct correct ones (``rft_pairs``). This is how an instruct model comes out of post-training:
    sharper on what it can solve (higher Pass@1, a near-perfect set), still broad. The built-in
    ``tiny-rft`` is ``tiny`` plus 1,500 more warm-start steps and one round of 32 samples;
-   ``tiny-rft2`` is ``tiny-rft`` plus a SQL-heavier warm-start stage and a second such round.
+   ``tiny-rft2`` is ``tiny-rft`` plus a SQL-heavier warm-start stage and a second such round;
+   ``tiny-rft3`` is ``tiny-rft2`` plus a stage and a round that add the halves held apart from the
+   ``ood`` splits (``countdown_ood_pretrain_problems`` ...), which puts those splits within reach.
    ``tiny-30min`` sits at the edges of the in-domain targets, within sampling noise of them, from
    random weights in a 30-minute, 2-core build: one SQL-heavier warm start of 2,200 steps, then one
    round of 32 samples.
 
-Each committed checkpoint (``dphrl_mini/assets/tiny``, ``tiny-rft``, ``tiny-rft2``, ``tiny-30min``) has
+Each committed checkpoint (``dphrl_mini/assets/tiny``, ``tiny-rft``, ``tiny-rft2``, ``tiny-rft3``, ``tiny-30min``) has
 a README with the command that rebuilds it and the figures measured by ``measure`` (the project's
 evaluator, temperature 1, no top-k/top-p) against the papers' regime (``TARGETS``).
 """
@@ -129,6 +133,12 @@ class TinyConfig:
     "train" split's, whose targets also have other solutions. 0: none. Measured (``assets/README.md``):
     2,000 of them in a 3,600-step warm start lifted Countdown ood Pass@64 from 5% to 9% and cost every
     in-domain figure, SQL most."""
+    countdown_ood_pretrain_problems: int = 0
+    """Sparse countdown problems from the half held apart from "ood" (``countdown.ood_pretrain_rows``)
+    added to the warm start. 0: none."""
+    sql_ood_pretrain_problems: int = 0
+    """Questions on the held-out schema from the half held apart from "ood" (``sql.ood_pretrain_rows``)
+    added to the warm start. 0: none."""
     sql_problems: int = 1000
     """Distinct SQL problems in the SFT set."""
     sql_copy_numbers_only: bool = False
@@ -156,6 +166,9 @@ class TinyConfig:
     """Peak learning rate of a rejection-sampling round."""
     rft_samples: int = 8
     """Completions sampled per training problem in a rejection-sampling round."""
+    rft_countdown_ood_pretrain_problems: int = 0
+    """Held-apart sparse countdown problems (``countdown.ood_pretrain_rows``, never RL or evaluation
+    prompts) sampled in each round beside the training problems. 0: none."""
     rft_replay: float = 0.0
     """Warm-start pairs (``sft_pairs``, drawn at random) added to each round, as a multiple of the
     round's own pairs: RFT as Yuan et al. (2023) run it trains on the SFT data next to the distinct
@@ -192,10 +205,16 @@ def sft_pairs(cfg: TinyConfig) -> list[tuple[str, str]]:
         rows += countdown.make_dataset("train", cfg.countdown_mix_problems, seed=seed + 1)
     if cfg.countdown_wide_problems:
         rows += countdown.wide_rows(cfg.countdown_wide_problems, seed=seed + 2)
+    if cfg.countdown_ood_pretrain_problems:
+        rows += countdown.ood_pretrain_rows(cfg.countdown_ood_pretrain_problems, seed=seed + 3)
     pairs = countdown.sft_examples(rows, per_problem=cfg.per_problem, seed=seed)
     if cfg.sql_problems:
         rows = sql.make_dataset("train", cfg.sql_problems, seed=seed)
         pairs += sql.sft_examples(rows, per_problem=cfg.per_problem, seed=seed,
+                                  copy_numbers_only=cfg.sql_copy_numbers_only)
+    if cfg.sql_ood_pretrain_problems:
+        rows = sql.ood_pretrain_rows(cfg.sql_ood_pretrain_problems, seed=seed + 3)
+        pairs += sql.sft_examples(rows, per_problem=cfg.per_problem, seed=seed + 3,
                                   copy_numbers_only=cfg.sql_copy_numbers_only)
     if cfg.sql_drill_families:
         pairs += sql.schema_drill_examples(cfg.sql_drill_families, SQL_DRILL_QUESTIONS, cfg.per_problem, seed,
@@ -261,7 +280,8 @@ def train_tiny(cfg: TinyConfig, log_every: int = 50, callback=None):
              schedule_steps=cfg.schedule_steps)
     for round_index in range(cfg.rft_rounds):
         model.eval()
-        pairs = rft_pairs(model, tokenizer, seed=cfg.seed, round_index=round_index, samples=cfg.rft_samples)
+        pairs = rft_pairs(model, tokenizer, seed=cfg.seed, round_index=round_index, samples=cfg.rft_samples,
+                          countdown_ood_pretrain=cfg.rft_countdown_ood_pretrain_problems)
         logger.info("rejection-sampling round %d/%d: %d distinct correct samples", round_index + 1, cfg.rft_rounds,
                     len(pairs))
         if cfg.rft_replay:
@@ -271,18 +291,22 @@ def train_tiny(cfg: TinyConfig, log_every: int = 50, callback=None):
     return model, tokenizer
 
 
-def rft_pairs(model, tokenizer, seed: int = 0, round_index: int = 0,
-              samples: int = TinyConfig.rft_samples) -> list[tuple[str, str]]:
+def rft_pairs(model, tokenizer, seed: int = 0, round_index: int = 0, samples: int = TinyConfig.rft_samples,
+              countdown_ood_pretrain: int = 0) -> list[tuple[str, str]]:
     """Rejection sampling (STaR / RFT): ``samples`` completions at temperature 1 for each of
     ``RFT_PROBLEMS[task]`` training problems (``RFT_SEED + seed``, the same problems every round), and
     every *distinct* correct answer (``solution_key``) kept once as a (prompt, completion) pair: the
-    model's own solutions, each solved problem's equally weighted, nothing for unsolved ones."""
+    model's own solutions, each solved problem's equally weighted, nothing for unsolved ones.
+    ``countdown_ood_pretrain`` held-apart sparse problems (``countdown.ood_pretrain_rows``) join the
+    Countdown ones."""
     from .evaluate import evaluate
     from .tasks import countdown, sql
 
     pairs = []
     for task, max_new in ((countdown, 32), (sql, 96)):
         rows = task.make_dataset("train", RFT_PROBLEMS[task.NAME], seed=RFT_SEED + seed)
+        if task is countdown and countdown_ood_pretrain:
+            rows += countdown.ood_pretrain_rows(countdown_ood_pretrain, seed=RFT_SEED + seed)
         result = evaluate(model, tokenizer, rows, task, n=samples, max_new_tokens=max_new,
                           seed=seed + round_index, greedy=False, progress=False)
         pairs += [(row["prompt"], key) for row, keys in zip(rows, result.distinct_keys) for key in sorted(keys)]
@@ -436,8 +460,9 @@ def _readme(cfg: TinyConfig, n_params: int, seconds: float, results: dict[str, d
         "",
         f"- parameters: {n_params:,} (float32 safetensors)",
         f"- training: {cfg.steps} steps x {cfg.batch_size} sequences"
-        + (f" + {cfg.rft_rounds} x ({cfg.rft_samples} samples for each of {sum(RFT_PROBLEMS.values()):,} problems, "
-           f"{cfg.rft_steps} steps)" if cfg.rft_rounds else "")
+        + (f" + {cfg.rft_rounds} x ({cfg.rft_samples} samples for each of {sum(RFT_PROBLEMS.values()):,} training"
+           + (f" and {cfg.rft_countdown_ood_pretrain_problems:,} held-apart" if cfg.rft_countdown_ood_pretrain_problems
+              else "") + f" problems, {cfg.rft_steps} steps)" if cfg.rft_rounds else "")
         + f", {seconds / 60:.1f} min on {cfg.num_threads} CPU threads",
         f"- build config: `{asdict(cfg)}`",
         "",
@@ -459,6 +484,10 @@ BUILT_IN = {
     "tiny-rft2": lambda: {"init_from": str(tiny_model_path("tiny-rft")), "steps": 1200, "lr": 5e-4,
                           "countdown_problems": 3000, "sql_problems": 2000, "rft_rounds": 1, "rft_steps": 1000,
                           "rft_samples": 32},
+    "tiny-rft3": lambda: {"init_from": str(tiny_model_path("tiny-rft2")), "steps": 1200, "lr": 5e-4,
+                          "countdown_problems": 3000, "sql_problems": 2000, "countdown_ood_pretrain_problems": 3411,
+                          "sql_ood_pretrain_problems": 631, "rft_rounds": 1, "rft_steps": 1000, "rft_samples": 32,
+                          "rft_countdown_ood_pretrain_problems": 3411},
     "tiny-30min": lambda: {"steps": 2200, "lr": 3e-3, "countdown_problems": 4000, "sql_problems": 2000,
                            "rft_rounds": 1, "rft_steps": 1000, "rft_samples": 32},
 }

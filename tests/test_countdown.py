@@ -178,6 +178,24 @@ def test_reward_is_trl_compatible():
     assert out == [0.0]
 
 
+def test_ood_pretrain_rows_are_sparse_and_never_an_ood_problem():
+    """The sparse problems split by a fixed hash into "ood" (evaluation) and a held-apart half for a
+    warm start (``ood_pretrain_rows``): disjoint, both sparse, deterministic by seed."""
+    key = lambda p: (tuple(p[0]), p[1])  # noqa: E731
+    ood, held_apart = {key(p) for p in cd._problems("ood")}, {key(p) for p in cd._problems("ood-pretrain")}
+    assert not ood & held_apart and 0.4 < len(ood) / (len(ood) + len(held_apart)) < 0.6
+    rows = cd.ood_pretrain_rows(200, seed=1)
+    assert rows == cd.ood_pretrain_rows(200, seed=1) and rows != cd.ood_pretrain_rows(200, seed=2)
+    for row in rows:
+        assert (tuple(row["numbers"]), row["target"]) in held_apart
+        assert 1 <= len(cd.solutions(row["numbers"], row["target"])) < cd.MIN_SOLUTIONS
+    assert not {r["prompt"] for r in rows} & {r["prompt"] for r in cd.make_dataset("ood", 1000, seed=0)}
+    with pytest.raises(ValueError, match="asked for"):
+        cd.ood_pretrain_rows(10**6)
+    with pytest.raises(ValueError):
+        cd.make_dataset("ood-pretrain", 3)  # not an evaluation split
+
+
 def test_wide_rows_lie_outside_every_split_and_teach_the_sparse_forms():
     """``wide_rows`` (warm start only): targets 101-400, so never a train, test, ood or shift problem;
     correct solutions; deterministic by seed; rich in the forms the "ood" split needs."""

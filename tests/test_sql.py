@@ -82,6 +82,15 @@ def test_datasets_deterministic_disjoint_and_well_formed(db_dir):
     for row in train + test + ood:
         assert set(row) == {"id", "prompt", "db_path", "gold_sql", "question"}
         assert len(row["prompt"]) < 80 and set(row["prompt"]) <= set(string.printable[:95])
+    held_apart = sql.ood_pretrain_rows(200, seed=0, db_dir=db_dir)  # warm start only
+    assert held_apart == sql.ood_pretrain_rows(200, seed=0, db_dir=db_dir)
+    assert all(r["prompt"].startswith("hospital | ") for r in held_apart)
+    assert not {r["question"] for r in held_apart} & {r["question"] for r in ood}
+    assert all(sql.equivalent_queries(r)[0] == r["gold_sql"] for r in held_apart[:5])
+    with pytest.raises(ValueError, match="asked for"):
+        sql.ood_pretrain_rows(10**6, db_dir=db_dir)
+    with pytest.raises(ValueError):
+        sql.make_dataset("ood-pretrain", 2, db_dir=db_dir)
     with pytest.raises(ValueError):
         sql.make_dataset("dev", 2, db_dir=db_dir)
     with pytest.raises(ValueError):

@@ -154,6 +154,25 @@ def test_rft_pairs_keep_each_distinct_correct_answer_once(monkeypatch):
     assert tiny.rft_pairs(model, tokenizer, seed=0) == pairs  # seeded
 
 
+def test_rft_round_samples_the_held_apart_sparse_problems_when_asked(monkeypatch):
+    """``countdown_ood_pretrain`` adds held-apart sparse problems to the round's Countdown rows, never
+    an "ood" evaluation problem."""
+    import dphrl_mini.evaluate
+
+    seen = []
+
+    def fake_evaluate(model, tokenizer, rows, task, **kwargs):
+        seen.append([row["prompt"] for row in rows])
+        return type("Result", (), {"distinct_keys": [set() for _ in rows]})()
+
+    monkeypatch.setattr(tiny, "RFT_PROBLEMS", {"countdown": 24, "sql": 4})
+    monkeypatch.setattr(dphrl_mini.evaluate, "evaluate", fake_evaluate)
+    tiny.rft_pairs(None, None, seed=0, countdown_ood_pretrain=10)
+    held_apart = {row["prompt"] for row in countdown.ood_pretrain_rows(10, seed=tiny.RFT_SEED)}
+    assert len(seen[0]) == 34 and held_apart <= set(seen[0]) and len(seen[1]) == 4
+    assert not set(seen[0]) & {row["prompt"] for row in countdown.make_dataset("ood", 1000, seed=0)}
+
+
 @pytest.mark.slow
 def test_build_with_rejection_sampling_rounds(tmp_path, monkeypatch):
     monkeypatch.setattr(tiny, "RFT_PROBLEMS", {"countdown": 16, "sql": 2})
@@ -174,6 +193,7 @@ def test_built_in_names_resolve():
     assert resolve_model_path("dphrl-mini/tiny") == str(tiny.ASSET_ROOT / "tiny")
     assert resolve_model_path("tiny-rft") == str(tiny.ASSET_ROOT / "tiny-rft")
     assert resolve_model_path("tiny-rft2") == str(tiny.ASSET_ROOT / "tiny-rft2")
+    assert resolve_model_path("tiny-rft3") == str(tiny.ASSET_ROOT / "tiny-rft3")
     assert resolve_model_path("tiny-30min") == str(tiny.ASSET_ROOT / "tiny-30min")
     with pytest.raises(ValueError, match="tiny-rft"):
         tiny.tiny_model_path("tiny-sharp")
@@ -198,6 +218,22 @@ def test_rft_replay_adds_warm_start_pairs_to_the_round(monkeypatch):
     assert set(pairs[10:]) <= set(tiny.sft_pairs(cfg))
     with pytest.raises(ValueError, match="rft_replay"):
         tiny.train_tiny(tiny.TinyConfig(steps=0, rft_replay=-1))
+
+
+def test_ood_pretrain_problems_join_the_warm_start():
+    """``countdown_ood_pretrain_problems`` / ``sql_ood_pretrain_problems`` add the held-apart sparse
+    problems and held-out-schema questions to the warm start, never an "ood" evaluation prompt."""
+    from dphrl_mini.tasks import countdown, sql
+
+    base = tiny.TinyConfig(countdown_problems=20, sql_problems=5, per_problem=2)
+    more = tiny.TinyConfig(countdown_problems=20, sql_problems=5, per_problem=2, countdown_ood_pretrain_problems=10,
+                           sql_ood_pretrain_problems=4)
+    plain, added = tiny.sft_pairs(base), [p for p in tiny.sft_pairs(more) if p not in tiny.sft_pairs(base)]
+    prompts = {prompt for prompt, _ in added}
+    assert len(prompts) == 14 and len(plain) + len(added) == len(tiny.sft_pairs(more))
+    assert len({prompt for prompt in prompts if prompt.startswith("hospital | ")}) == 4
+    ood_prompts = {r["prompt"] for task in (countdown, sql) for r in task.make_dataset("ood", 500, seed=0)}
+    assert not prompts & ood_prompts
 
 
 def test_wide_countdown_problems_join_the_warm_start():

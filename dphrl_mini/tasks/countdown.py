@@ -25,13 +25,16 @@ target; a completion is a bare expression such as ``3*5+7``.
   division (``3*5+7``), "hard" otherwise. "train" and "test" rows are drawn in the fixed proportions
   ``DIFFICULTY_MIX`` (the raw pools are 16% / 67% / 17%), so that a small model both solves some
   prompts almost always (DPH-RL's near-perfect set) and leaves others to explore; every row carries
-  its ``difficulty``. "ood" (a shift in difficulty, ~6,900 problems): the same number and target
+  its ``difficulty``. "ood" (a shift in difficulty, ~3,500 problems): the same number and target
   ranges, but targets reached by only 1 to ``MIN_SOLUTIONS - 1`` distinct expressions, a kind of
-  problem no training problem is. (Numbers outside 1..20 are no fair shift for the built-in
+  problem no RL prompt is. These sparse problems are split by a fixed hash into "ood" and a half held
+  apart for a warm start (``ood_pretrain_rows``, never RL or evaluation prompts), as the papers' base
+  models saw their out-of-domain tasks' kind in pretraining and never in RL; the committed models
+  never saw either half. (Numbers outside 1..20 are no fair shift for the built-in
   character-level model: nothing it was trained on teaches it to use them, so every method scores 0.)
   "shift" (a shift in the prompt's form): "test" problems, drawn as "test" is (the same problems
   when as many are asked for), with their numbers written largest first (``"7 5 3 -> 22:"``), an
-  order no training prompt has. The built-in models reach it, unlike "ood" (``results/README.md``).
+  order no training prompt has. The committed models reach it, unlike "ood" (``results/README.md``).
   ``wide_rows`` (not a split: a warm start's extra data, never RL or evaluation prompts) draws problems
   with targets 101-400, whose solutions show the forms most "ood" problems need.
 """
@@ -57,6 +60,8 @@ TARGET_RANGE = (1, 100)
 WIDE_TARGET_RANGE = (101, 400)
 IN_RANGE = range(1, 21)
 TEST_FRACTION = 0.2
+OOD_PRETRAIN_FRACTION = 0.5
+"""Share of the sparse problems held apart from "ood" for a warm start (``ood_pretrain_rows``)."""
 DIFFICULTIES = ("easy", "moderate", "hard")
 DIFFICULTY_MIX = {"easy": 0.4, "moderate": 0.4, "hard": 0.2}
 """Share of each difficulty in "train", "test" and "shift" rows ("ood" keeps its natural mix)."""
@@ -275,8 +280,12 @@ def difficulty(numbers: list[int] | tuple[int, ...], target: int) -> str:
     return "hard"
 
 
-def _split_of(numbers: tuple[int, ...], target: int) -> str:
+def _split_of(numbers: tuple[int, ...], target: int, sparse: bool = False) -> str:
+    """A problem's split by a fixed hash: "train" or "test" if it has many solutions, else "ood" or
+    "ood-pretrain" (the sparse problems held apart for a warm start, ``ood_pretrain_rows``)."""
     digest = hashlib.sha256(f"{numbers}->{target}".encode()).digest()
+    if sparse:
+        return "ood-pretrain" if digest[1] < 256 * OOD_PRETRAIN_FRACTION else "ood"
     return "test" if digest[0] < 256 * TEST_FRACTION else "train"
 
 
@@ -293,7 +302,7 @@ def _problems(split: str) -> tuple[tuple[tuple[int, ...], int, int, str], ...]:
                 counts[int(value)] = counts.get(int(value), 0) + 1
         for target, count in sorted(counts.items()):
             sparse = count < MIN_SOLUTIONS  # the ood split; train/test need many correct answers
-            if split == "wide" or (sparse if split == "ood" else (not sparse and _split_of(nums, target) == split)):
+            if split == "wide" or _split_of(nums, target, sparse) == split:
                 problems.append((nums, target, count, difficulty(nums, target)))
     return tuple(problems)
 
@@ -346,6 +355,16 @@ def wide_rows(n: int, seed: int = 0) -> list[dict]:
     if n > len(pool):
         raise ValueError(f"countdown has {len(pool)} problems with targets {WIDE_TARGET_RANGE}, asked for {n}")
     return _rows("wide", random.Random(seed).sample(pool, n))
+
+
+def ood_pretrain_rows(n: int, seed: int = 0) -> list[dict]:
+    """``n`` distinct sparse problems (1 to ``MIN_SOLUTIONS - 1`` solutions) of the half held apart from
+    "ood" by a fixed hash, for a warm start only: the "ood" split's kind of problem, which a pretrained
+    model has seen and RL never trains on, as the papers' out-of-domain sets are to their base models."""
+    pool = _problems("ood-pretrain")
+    if n > len(pool):
+        raise ValueError(f"countdown has {len(pool)} held-apart sparse problems, asked for {n}")
+    return _rows("ood-pretrain", random.Random(seed).sample(pool, n))
 
 
 def _rows(split: str, chosen) -> list[dict]:

@@ -5,13 +5,16 @@ equivalent queries (``'Paris'=city``, ``city IN ('Paris')``, aliases, ``COUNT(*)
 ``NOT x<=k``, ``BETWEEN`` ...), all checked to match the gold query by execution (tests).
 
 * **Databases.** ``make_databases`` writes one database per schema family (shop, school,
-  library, and the held-out hospital used only by split "ood"), tens of rows per table,
-  deterministic from the seed, into a cache folder (``$DPHRL_CACHE/sql`` or
-  ``~/.cache/dphrl_mini/sql``); nothing is committed. ``make_dataset`` always uses ``DB_SEED``.
+  library, and the held-out hospital, which RL never sees), tens of rows per table, deterministic
+  from the seed, into a cache folder (``$DPHRL_CACHE/sql`` or ``~/.cache/dphrl_mini/sql``); nothing
+  is committed. ``make_dataset`` always uses ``DB_SEED``.
 * **Prompt.** ``"shop | customers with city Paris:"`` (< 80 printable ASCII characters); the
   completion is one SQL query (< 90 characters).
 * **Splits.** Questions of shop/school/library go to "train" or "test" by a fixed hash of the
-  question (disjoint whatever the seed); "ood" is the unseen hospital schema. "shift" (a shift in
+  question (disjoint whatever the seed); "ood" is half of the hospital schema's questions, which RL
+  never trains on; the other half is held apart by a fixed hash for a warm start
+  (``ood_pretrain_rows``), as the papers' base models saw their out-of-domain SQL and math in
+  pretraining (the committed models never saw the schema at all). "shift" (a shift in
   the prompt's form) is the "test" draw (the same problems when as many are asked for) with each
   question reworded in words no training prompt uses (``reword``: "customers where age above 30"
   for "customers with age over 30"); its gold query is unchanged.
@@ -50,6 +53,8 @@ DB_SEED = 0
 DB_VERSION = 1
 MAX_QUERY_CHARS = 90
 TEST_FRACTION = 0.2
+OOD_PRETRAIN_FRACTION = 0.5
+"""Share of the held-out schema's questions held apart from "ood" for a warm start (``ood_pretrain_rows``)."""
 IN_FAMILIES = ("shop", "school", "library")
 OOD_FAMILIES = ("hospital",)
 SPLITS = ("train", "test", "ood", "shift")
@@ -240,9 +245,9 @@ def run_query(db_path: str, sql: str, timeout_s: float = 1.0, max_rows: int = 10
 
 
 def _split_of(family: str, question: str) -> str:
-    if family in OOD_FAMILIES:
-        return "ood"
     digest = hashlib.sha256(f"{family}|{question}".encode()).digest()
+    if family in OOD_FAMILIES:
+        return "ood-pretrain" if digest[1] < 256 * OOD_PRETRAIN_FRACTION else "ood"
     return "test" if digest[0] < 256 * TEST_FRACTION else "train"
 
 
@@ -251,7 +256,7 @@ def _problems(split: str, db_dir: str) -> tuple[dict, ...]:
     """Every problem of a split whose gold result is informative (non-empty, not the whole table)."""
     paths = make_databases(db_dir, seed=DB_SEED)
     problems = []
-    for family in OOD_FAMILIES if split == "ood" else IN_FAMILIES:
+    for family in OOD_FAMILIES if split.startswith("ood") else IN_FAMILIES:
         con = sqlite3.connect(Path(paths[family]).resolve().as_uri() + "?mode=ro", uri=True)
         sizes = {t[0]: t[-1] for t in FAMILIES[family][0]}
         for question, queries in _templates(family):
@@ -295,11 +300,21 @@ def make_dataset(split: str, n: int, seed: int = 0, db_dir: str | Path | None = 
             for p in random.Random(seed).sample(pool, n)]
 
 
+def ood_pretrain_rows(n: int, seed: int = 0, db_dir: str | Path | None = None) -> list[dict]:
+    """``n`` distinct questions on the held-out schema from the half held apart from "ood" by a fixed
+    hash, for a warm start only: a schema a pretrained model has seen and RL never trains on."""
+    pool = _problems("ood-pretrain", str(Path(db_dir or cache_dir()).resolve()))
+    if n > len(pool):
+        raise ValueError(f"sql has {len(pool)} held-apart questions on the held-out schema, asked for {n}")
+    return [{k: p[k] for k in ("id", "prompt", "db_path", "gold_sql", "question")}
+            for p in random.Random(seed).sample(pool, n)]
+
+
 def equivalent_queries(row: dict) -> list[str]:
     """Every templated query equivalent to the row's gold query (the gold one first)."""
     db_dir = str(Path(row["db_path"]).resolve().parent)
     wanted = row["id"].replace("sql-shift-", "sql-", 1)  # a "shift" row is a reworded "test" row
-    for split in ("train", "test", "ood"):
+    for split in ("train", "test", "ood", "ood-pretrain"):
         for p in _problems(split, db_dir):
             if p["id"] == wanted:
                 return list(p["equivalents"])
