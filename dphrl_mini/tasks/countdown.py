@@ -29,12 +29,13 @@ target; a completion is a bare expression such as ``3*5+7``.
   ranges, but targets reached by only 1 to ``MIN_SOLUTIONS - 1`` distinct expressions, a kind of
   problem no RL prompt is. These sparse problems are split by a fixed hash into "ood" and a half held
   apart for a warm start (``ood_pretrain_rows``, never RL or evaluation prompts), as the papers' base
-  models saw their out-of-domain tasks' kind in pretraining and never in RL; the committed models
-  never saw either half. (Numbers outside 1..20 are no fair shift for the built-in
+  models saw their out-of-domain tasks' kind in pretraining and never in RL; of the committed models
+  only ``tiny-rft3`` has seen the held-apart half. (Numbers outside 1..20 are no fair shift for the built-in
   character-level model: nothing it was trained on teaches it to use them, so every method scores 0.)
   "shift" (a shift in the prompt's form): "test" problems, drawn as "test" is (the same problems
   when as many are asked for), with their numbers written largest first (``"7 5 3 -> 22:"``), an
-  order no training prompt has. The committed models reach it, unlike "ood" (``results/README.md``).
+  order no training prompt has. Every committed model reaches it; all but ``tiny-rft3`` miss "ood"
+  (``results/README.md``).
   ``wide_rows`` (not a split: a warm start's extra data, never RL or evaluation prompts) draws problems
   with targets 101-400, whose solutions show the forms most "ood" problems need.
 """
@@ -351,20 +352,22 @@ def wide_rows(n: int, seed: int = 0) -> list[dict]:
     """``n`` distinct problems with targets in ``WIDE_TARGET_RANGE`` (101-400, numbers 1-20, any number of
     solutions), for a warm start only: never a split for RL or evaluation. Their solutions are rich in
     the forms ``n*n-n`` and ``(n-n)*n`` (35%, against 2.5% in "train"), which most "ood" problems need."""
-    pool = _problems("wide")
-    if n > len(pool):
-        raise ValueError(f"countdown has {len(pool)} problems with targets {WIDE_TARGET_RANGE}, asked for {n}")
-    return _rows("wide", random.Random(seed).sample(pool, n))
+    return _sample_rows("wide", n, seed, f"problems with targets {WIDE_TARGET_RANGE}")
 
 
 def ood_pretrain_rows(n: int, seed: int = 0) -> list[dict]:
     """``n`` distinct sparse problems (1 to ``MIN_SOLUTIONS - 1`` solutions) of the half held apart from
     "ood" by a fixed hash, for a warm start only: the "ood" split's kind of problem, which a pretrained
     model has seen and RL never trains on, as the papers' out-of-domain sets are to their base models."""
-    pool = _problems("ood-pretrain")
+    return _sample_rows("ood-pretrain", n, seed, "held-apart sparse problems")
+
+
+def _sample_rows(pool_name: str, n: int, seed: int, what: str) -> list[dict]:
+    """``n`` distinct rows drawn with ``seed`` from a warm-start-only pool ("wide", "ood-pretrain")."""
+    pool = _problems(pool_name)
     if n > len(pool):
-        raise ValueError(f"countdown has {len(pool)} held-apart sparse problems, asked for {n}")
-    return _rows("ood-pretrain", random.Random(seed).sample(pool, n))
+        raise ValueError(f"countdown has {len(pool)} {what}, asked for {n}")
+    return _rows(pool_name, random.Random(seed).sample(pool, n))
 
 
 def _rows(split: str, chosen) -> list[dict]:

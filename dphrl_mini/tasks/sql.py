@@ -14,7 +14,7 @@ equivalent queries (``'Paris'=city``, ``city IN ('Paris')``, aliases, ``COUNT(*)
   question (disjoint whatever the seed); "ood" is half of the hospital schema's questions, which RL
   never trains on; the other half is held apart by a fixed hash for a warm start
   (``ood_pretrain_rows``), as the papers' base models saw their out-of-domain SQL and math in
-  pretraining (the committed models never saw the schema at all). "shift" (a shift in
+  pretraining (of the committed models only ``tiny-rft3`` has seen the schema). "shift" (a shift in
   the prompt's form) is the "test" draw (the same problems when as many are asked for) with each
   question reworded in words no training prompt uses (``reword``: "customers where age above 30"
   for "customers with age over 30"); its gold query is unchanged.
@@ -293,19 +293,20 @@ def make_dataset(split: str, n: int, seed: int = 0, db_dir: str | Path | None = 
             row["id"] = row["id"].replace("sql-", "sql-shift-", 1)
             row["prompt"], row["question"] = row["prompt"].replace(row["question"], question, 1), question
         return rows
-    pool = _problems(split, str(Path(db_dir or cache_dir()).resolve()))
-    if n > len(pool):
-        raise ValueError(f"sql {split!r} has {len(pool)} problems, asked for {n}")
-    return [{k: p[k] for k in ("id", "prompt", "db_path", "gold_sql", "question")}
-            for p in random.Random(seed).sample(pool, n)]
+    return _sample_rows(split, n, seed, db_dir)
 
 
 def ood_pretrain_rows(n: int, seed: int = 0, db_dir: str | Path | None = None) -> list[dict]:
     """``n`` distinct questions on the held-out schema from the half held apart from "ood" by a fixed
     hash, for a warm start only: a schema a pretrained model has seen and RL never trains on."""
-    pool = _problems("ood-pretrain", str(Path(db_dir or cache_dir()).resolve()))
+    return _sample_rows("ood-pretrain", n, seed, db_dir)
+
+
+def _sample_rows(split: str, n: int, seed: int, db_dir: str | Path | None) -> list[dict]:
+    """``n`` distinct rows of a split's pool ("ood-pretrain" included), drawn with ``seed``."""
+    pool = _problems(split, str(Path(db_dir or cache_dir()).resolve()))
     if n > len(pool):
-        raise ValueError(f"sql has {len(pool)} held-apart questions on the held-out schema, asked for {n}")
+        raise ValueError(f"sql {split!r} has {len(pool)} problems, asked for {n}")
     return [{k: p[k] for k in ("id", "prompt", "db_path", "gold_sql", "question")}
             for p in random.Random(seed).sample(pool, n)]
 
