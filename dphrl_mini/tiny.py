@@ -445,6 +445,9 @@ def _readme(cfg: TinyConfig, n_params: int, seconds: float, results: dict[str, d
         if value != getattr(defaults, f.name) and f.name != "num_threads":
             args += f" --{f.name.replace('_', '-')}" + ("" if isinstance(value, bool) else f" {value}")
     where = f"dphrl_mini/assets/{out.name}" if out.resolve().parent == ASSET_ROOT else str(out)
+    round_problems = f"{sum(RFT_PROBLEMS.values()):,} training"
+    if cfg.rft_countdown_ood_pretrain_problems:
+        round_problems += f" and {cfg.rft_countdown_ood_pretrain_problems:,} held-apart"
     lines = [
         f"# dphrl-mini {out.name} model",
         "",
@@ -460,9 +463,8 @@ def _readme(cfg: TinyConfig, n_params: int, seconds: float, results: dict[str, d
         "",
         f"- parameters: {n_params:,} (float32 safetensors)",
         f"- training: {cfg.steps} steps x {cfg.batch_size} sequences"
-        + (f" + {cfg.rft_rounds} x ({cfg.rft_samples} samples for each of {sum(RFT_PROBLEMS.values()):,} training"
-           + (f" and {cfg.rft_countdown_ood_pretrain_problems:,} held-apart" if cfg.rft_countdown_ood_pretrain_problems
-              else "") + f" problems, {cfg.rft_steps} steps)" if cfg.rft_rounds else "")
+        + (f" + {cfg.rft_rounds} x ({cfg.rft_samples} samples for each of {round_problems} problems, "
+           f"{cfg.rft_steps} steps)" if cfg.rft_rounds else "")
         + f", {seconds / 60:.1f} min on {cfg.num_threads} CPU threads",
         f"- build config: `{asdict(cfg)}`",
         "",

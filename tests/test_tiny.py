@@ -228,9 +228,10 @@ def test_ood_pretrain_problems_join_the_warm_start():
     base = tiny.TinyConfig(countdown_problems=20, sql_problems=5, per_problem=2)
     more = tiny.TinyConfig(countdown_problems=20, sql_problems=5, per_problem=2, countdown_ood_pretrain_problems=10,
                            sql_ood_pretrain_problems=4)
-    plain, added = tiny.sft_pairs(base), [p for p in tiny.sft_pairs(more) if p not in tiny.sft_pairs(base)]
+    plain, more_pairs = tiny.sft_pairs(base), tiny.sft_pairs(more)
+    added = [p for p in more_pairs if p not in set(plain)]
     prompts = {prompt for prompt, _ in added}
-    assert len(prompts) == 14 and len(plain) + len(added) == len(tiny.sft_pairs(more))
+    assert len(prompts) == 14 and len(plain) + len(added) == len(more_pairs)
     assert len({prompt for prompt in prompts if prompt.startswith("hospital | ")}) == 4
     ood_prompts = {r["prompt"] for task in (countdown, sql) for r in task.make_dataset("ood", 500, seed=0)}
     assert not prompts & ood_prompts
