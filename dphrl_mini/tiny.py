@@ -21,7 +21,9 @@ The hub is unreachable in tests and CI, so the project builds its own policy (DE
 4. **Rejection-sampling fine-tuning** (optional, ``rft_rounds``; STaR / RFT): the warm-started
    model samples ``rft_samples`` answers for each of 4,000 training problems and trains on its own
    distinct correct ones (``rft_pairs``). This is how an instruct model comes out of post-training:
-   sharper on what it can solve (higher Pass@1, a near-perfect set), still broad. The built-in
+   sharper on what it can solve (higher Pass@1, a near-perfect set), still broad. Options, off by
+   default, add reference solutions for the problems no sample solved (STaR's rationalization) and
+   weigh each problem by its correct samples (``TinyConfig.rft_*``). The built-in
    ``tiny-rft`` is ``tiny`` plus 1,500 more warm-start steps and one round of 32 samples;
    ``tiny-rft2`` is ``tiny-rft`` plus a SQL-heavier warm-start stage and a second such round;
    ``tiny-rft3`` is ``tiny-rft2`` plus a stage and a round that add the halves held apart from the
@@ -169,6 +171,20 @@ class TinyConfig:
     rft_countdown_ood_pretrain_problems: int = 0
     """Held-apart sparse countdown problems (``countdown.ood_pretrain_rows``, never RL or evaluation
     prompts) sampled in each round beside the training problems. 0: none."""
+    rft_sql_problems: int | None = None
+    """SQL training problems sampled per round (default ``RFT_PROBLEMS["sql"]``, 1,000). Fewer leave more of
+    a round's steps to Countdown, and sampling SQL's longer answers is most of a round's sampling time."""
+    rft_unsolved_references: int = 0
+    """Reference solutions (``sft_examples``, up to this many) added to a round for each of its problems
+    that no sample solved. STaR (Zelikman et al., 2022) "rationalizes" a failed problem: the model is shown
+    the answer and writes a solution that reaches it; here the solution *is* the answer, so the analogue
+    is a reference solution. Without it a round trains only where the model already succeeds and narrows
+    the hard tier (lower Pass@64). 0: none."""
+    rft_weight_by_success: bool = False
+    """Repeat each solved problem's distinct correct answers so that the problem weighs as many pairs as
+    it had correct samples (answers kept uniform among themselves), as training on every correct sample
+    (STaR) weights problems; off: each distinct answer once (RFT's de-duplication), which weighs a
+    problem by how many different answers it has."""
     rft_replay: float = 0.0
     """Warm-start pairs (``sft_pairs``, drawn at random) added to each round, as a multiple of the
     round's own pairs: RFT as Yuan et al. (2023) run it trains on the SFT data next to the distinct
@@ -267,6 +283,9 @@ def train_tiny(cfg: TinyConfig, log_every: int = 50, callback=None):
     ``rft_rounds`` rounds of rejection-sampling fine-tuning; returns (model, tokenizer)."""
     if cfg.rft_replay < 0:
         raise ValueError(f"rft_replay must be >= 0 (a multiple of the round's pairs), got {cfg.rft_replay}")
+    if cfg.rft_unsolved_references < 0:
+        raise ValueError(f"rft_unsolved_references must be >= 0 (solutions per unsolved problem), "
+                         f"got {cfg.rft_unsolved_references}")
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
     tokenizer = build_tokenizer(cfg.max_position_embeddings)
@@ -281,9 +300,10 @@ def train_tiny(cfg: TinyConfig, log_every: int = 50, callback=None):
     for round_index in range(cfg.rft_rounds):
         model.eval()
         pairs = rft_pairs(model, tokenizer, seed=cfg.seed, round_index=round_index, samples=cfg.rft_samples,
-                          countdown_ood_pretrain=cfg.rft_countdown_ood_pretrain_problems)
-        logger.info("rejection-sampling round %d/%d: %d distinct correct samples", round_index + 1, cfg.rft_rounds,
-                    len(pairs))
+                          countdown_ood_pretrain=cfg.rft_countdown_ood_pretrain_problems,
+                          unsolved_references=cfg.rft_unsolved_references, sql_problems=cfg.rft_sql_problems,
+                          weight_by_success=cfg.rft_weight_by_success)
+        logger.info("rejection-sampling round %d/%d: %d pairs", round_index + 1, cfg.rft_rounds, len(pairs))
         if cfg.rft_replay:
             pairs += rng.sample(warm_start, min(len(warm_start), round(cfg.rft_replay * len(pairs))))
         _fit(model, tokenizer, pairs, cfg, cfg.rft_steps, cfg.rft_lr, RFT_WARMUP_STEPS, rng, log_every)
@@ -292,24 +312,37 @@ def train_tiny(cfg: TinyConfig, log_every: int = 50, callback=None):
 
 
 def rft_pairs(model, tokenizer, seed: int = 0, round_index: int = 0, samples: int = TinyConfig.rft_samples,
-              countdown_ood_pretrain: int = 0) -> list[tuple[str, str]]:
+              countdown_ood_pretrain: int = 0, unsolved_references: int = 0,
+              sql_problems: int | None = None, weight_by_success: bool = False) -> list[tuple[str, str]]:
     """Rejection sampling (STaR / RFT): ``samples`` completions at temperature 1 for each of
     ``RFT_PROBLEMS[task]`` training problems (``RFT_SEED + seed``, the same problems every round), and
     every *distinct* correct answer (``solution_key``) kept once as a (prompt, completion) pair: the
     model's own solutions, each solved problem's equally weighted, nothing for unsolved ones.
     ``countdown_ood_pretrain`` held-apart sparse problems (``countdown.ood_pretrain_rows``) join the
-    Countdown ones."""
+    Countdown ones. ``unsolved_references`` > 0 adds up to that many reference solutions
+    (``sft_examples``) for each problem no sample solved (STaR's rationalization, ``TinyConfig``).
+    ``sql_problems`` overrides ``RFT_PROBLEMS["sql"]``; ``weight_by_success`` repeats each problem's
+    answers ``round(correct / distinct)`` times (``TinyConfig.rft_weight_by_success``)."""
     from .evaluate import evaluate
     from .tasks import countdown, sql
 
     pairs = []
     for task, max_new in ((countdown, 32), (sql, 96)):
-        rows = task.make_dataset("train", RFT_PROBLEMS[task.NAME], seed=RFT_SEED + seed)
+        size = sql_problems if task is sql and sql_problems is not None else RFT_PROBLEMS[task.NAME]
+        rows = task.make_dataset("train", size, seed=RFT_SEED + seed)
         if task is countdown and countdown_ood_pretrain:
             rows += countdown.ood_pretrain_rows(countdown_ood_pretrain, seed=RFT_SEED + seed)
         result = evaluate(model, tokenizer, rows, task, n=samples, max_new_tokens=max_new,
                           seed=seed + round_index, greedy=False, progress=False)
-        pairs += [(row["prompt"], key) for row, keys in zip(rows, result.distinct_keys) for key in sorted(keys)]
+        for row, keys, correct in zip(rows, result.distinct_keys, result.correct):
+            repeats = max(1, round(correct / len(keys))) if weight_by_success and keys else 1
+            pairs += [(row["prompt"], key) for key in sorted(keys) for _ in range(repeats)]
+        unsolved = [row for row, keys in zip(rows, result.distinct_keys) if not keys]
+        if unsolved_references and unsolved:
+            references = task.sft_examples(unsolved, per_problem=unsolved_references, seed=RFT_SEED + seed + round_index)
+            logger.info("%s: %d of %d problems unsolved, %d reference solutions added", task.NAME, len(unsolved),
+                        len(rows), len(references))
+            pairs += references
     return pairs
 
 
@@ -445,7 +478,8 @@ def _readme(cfg: TinyConfig, n_params: int, seconds: float, results: dict[str, d
         if value != getattr(defaults, f.name) and f.name != "num_threads":
             args += f" --{f.name.replace('_', '-')}" + ("" if isinstance(value, bool) else f" {value}")
     where = f"dphrl_mini/assets/{out.name}" if out.resolve().parent == ASSET_ROOT else str(out)
-    round_problems = f"{sum(RFT_PROBLEMS.values()):,} training"
+    sql_round = RFT_PROBLEMS["sql"] if cfg.rft_sql_problems is None else cfg.rft_sql_problems
+    round_problems = f"{RFT_PROBLEMS['countdown'] + sql_round:,} training"
     if cfg.rft_countdown_ood_pretrain_problems:
         round_problems += f" and {cfg.rft_countdown_ood_pretrain_problems:,} held-apart"
     lines = [

@@ -163,7 +163,7 @@ def test_rft_round_samples_the_held_apart_sparse_problems_when_asked(monkeypatch
 
     def fake_evaluate(model, tokenizer, rows, task, **kwargs):
         seen.append([row["prompt"] for row in rows])
-        return type("Result", (), {"distinct_keys": [set() for _ in rows]})()
+        return type("Result", (), {"distinct_keys": [set() for _ in rows], "correct": [0] * len(rows)})()
 
     monkeypatch.setattr(tiny, "RFT_PROBLEMS", {"countdown": 24, "sql": 4})
     monkeypatch.setattr(dphrl_mini.evaluate, "evaluate", fake_evaluate)
@@ -171,6 +171,42 @@ def test_rft_round_samples_the_held_apart_sparse_problems_when_asked(monkeypatch
     held_apart = {row["prompt"] for row in countdown.ood_pretrain_rows(10, seed=tiny.RFT_SEED)}
     assert len(seen[0]) == 34 and held_apart <= set(seen[0]) and len(seen[1]) == 4
     assert not set(seen[0]) & {row["prompt"] for row in countdown.make_dataset("ood", 1000, seed=0)}
+    seen.clear()
+    tiny.rft_pairs(None, None, seed=0, sql_problems=2)  # ``rft_sql_problems`` overrides RFT_PROBLEMS["sql"]
+    assert [len(prompts) for prompts in seen] == [24, 2]
+
+
+def test_unsolved_problems_get_reference_solutions_only_when_asked(monkeypatch):
+    """``unsolved_references`` (STaR's rationalization) adds up to that many correct reference
+    solutions for each problem no sample solved, and none for a solved one."""
+    import dphrl_mini.evaluate
+    from dphrl_mini.tasks import sql
+
+    def fake_evaluate(model, tokenizer, rows, task, **kwargs):  # the first problem of each task solved once
+        keys = [{"solved"}] + [set() for _ in rows[1:]]
+        return type("Result", (), {"distinct_keys": keys, "correct": [3] + [0] * (len(rows) - 1)})()
+
+    monkeypatch.setattr(tiny, "RFT_PROBLEMS", {"countdown": 6, "sql": 3})
+    monkeypatch.setattr(dphrl_mini.evaluate, "evaluate", fake_evaluate)
+    assert len(tiny.rft_pairs(None, None, seed=0)) == 2  # the two sampled answers, no references
+    weighted = tiny.rft_pairs(None, None, seed=0, weight_by_success=True)  # 3 correct samples, 1 answer
+    assert [completion for _, completion in weighted] == ["solved"] * 6
+    pairs = tiny.rft_pairs(None, None, seed=0, unsolved_references=2)
+    rows = {row["prompt"]: row for row in countdown.make_dataset("train", 6, seed=tiny.RFT_SEED)}
+    rows.update({row["prompt"]: row for row in sql.make_dataset("train", 3, seed=tiny.RFT_SEED)})
+    references = [(prompt, completion) for prompt, completion in pairs if completion != "solved"]
+    first = {next(iter(rows)), list(rows)[6]}
+    assert references and not {prompt for prompt, _ in references} & first
+    for prompt in set(rows) - first:
+        assert 1 <= sum(p == prompt for p, _ in references) <= 2
+    for prompt, completion in references:
+        row = rows[prompt]
+        if "numbers" in row:
+            assert countdown.is_correct(row["numbers"], row["target"], completion)
+        else:
+            assert sql.execution_match(row["db_path"], completion, row["gold_sql"])
+    with pytest.raises(ValueError, match="rft_unsolved_references"):
+        tiny.train_tiny(tiny.TinyConfig(steps=0, rft_unsolved_references=-1))
 
 
 @pytest.mark.slow
