@@ -286,6 +286,8 @@ def train_tiny(cfg: TinyConfig, log_every: int = 50, callback=None):
     if cfg.rft_unsolved_references < 0:
         raise ValueError(f"rft_unsolved_references must be >= 0 (solutions per unsolved problem), "
                          f"got {cfg.rft_unsolved_references}")
+    if cfg.rft_sql_problems is not None and cfg.rft_sql_problems < 0:
+        raise ValueError(f"rft_sql_problems must be >= 0 (SQL problems per round), got {cfg.rft_sql_problems}")
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
     tokenizer = build_tokenizer(cfg.max_position_embeddings)

@@ -135,6 +135,18 @@ def test_measure_flag_alone_measures_the_built_in_model(monkeypatch, capsys):
     assert "| countdown/test | pass@1 | 0.2000 | 0.3-0.5 | **missed** |" in capsys.readouterr().out
 
 
+def _assert_correct(pairs, rows):
+    """Every (prompt, completion) pair solves its row (``rows`` keyed by prompt)."""
+    from dphrl_mini.tasks import sql
+
+    for prompt, completion in pairs:
+        row = rows[prompt]
+        if "numbers" in row:
+            assert countdown.is_correct(row["numbers"], row["target"], completion)
+        else:
+            assert sql.execution_match(row["db_path"], completion, row["gold_sql"])
+
+
 def test_rft_pairs_keep_each_distinct_correct_answer_once(monkeypatch):
     from dphrl_mini.tasks import sql
 
@@ -145,12 +157,7 @@ def test_rft_pairs_keep_each_distinct_correct_answer_once(monkeypatch):
     assert pairs and len(pairs) == len(set(pairs))
     rows = {row["prompt"]: row for row in countdown.make_dataset("train", 24, seed=tiny.RFT_SEED)}
     rows.update({row["prompt"]: row for row in sql.make_dataset("train", 4, seed=tiny.RFT_SEED)})
-    for prompt, completion in pairs:
-        row = rows[prompt]
-        if "numbers" in row:
-            assert countdown.is_correct(row["numbers"], row["target"], completion)
-        else:
-            assert sql.execution_match(row["db_path"], completion, row["gold_sql"])
+    _assert_correct(pairs, rows)
     assert tiny.rft_pairs(model, tokenizer, seed=0) == pairs  # seeded
 
 
@@ -199,14 +206,11 @@ def test_unsolved_problems_get_reference_solutions_only_when_asked(monkeypatch):
     assert references and not {prompt for prompt, _ in references} & first
     for prompt in set(rows) - first:
         assert 1 <= sum(p == prompt for p, _ in references) <= 2
-    for prompt, completion in references:
-        row = rows[prompt]
-        if "numbers" in row:
-            assert countdown.is_correct(row["numbers"], row["target"], completion)
-        else:
-            assert sql.execution_match(row["db_path"], completion, row["gold_sql"])
+    _assert_correct(references, rows)
     with pytest.raises(ValueError, match="rft_unsolved_references"):
         tiny.train_tiny(tiny.TinyConfig(steps=0, rft_unsolved_references=-1))
+    with pytest.raises(ValueError, match="rft_sql_problems"):
+        tiny.train_tiny(tiny.TinyConfig(steps=0, rft_sql_problems=-1))
 
 
 @pytest.mark.slow
