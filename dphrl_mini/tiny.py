@@ -319,7 +319,7 @@ def rft_pairs(model, tokenizer, seed: int = 0, round_index: int = 0, samples: in
     """Rejection sampling (STaR / RFT): ``samples`` completions at temperature 1 for each of
     ``RFT_PROBLEMS[task]`` training problems (``RFT_SEED + seed``, the same problems every round), and
     every *distinct* correct answer (``solution_key``) kept once as a (prompt, completion) pair: the
-    model's own solutions, each solved problem's equally weighted, nothing for unsolved ones.
+    model's own solutions, each distinct answer once by default, nothing for unsolved ones.
     ``countdown_ood_pretrain`` held-apart sparse problems (``countdown.ood_pretrain_rows``) join the
     Countdown ones. ``unsolved_references`` > 0 adds up to that many reference solutions
     (``sft_examples``) for each problem no sample solved (STaR's rationalization, ``TinyConfig``).
