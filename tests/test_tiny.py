@@ -235,6 +235,7 @@ def test_built_in_names_resolve():
     assert resolve_model_path("tiny-rft2") == str(tiny.ASSET_ROOT / "tiny-rft2")
     assert resolve_model_path("tiny-rft3") == str(tiny.ASSET_ROOT / "tiny-rft3")
     assert resolve_model_path("tiny-30min") == str(tiny.ASSET_ROOT / "tiny-30min")
+    assert resolve_model_path("tiny-30min2") == str(tiny.ASSET_ROOT / "tiny-30min2")
     with pytest.raises(ValueError, match="tiny-rft"):
         tiny.tiny_model_path("tiny-sharp")
 
