@@ -261,6 +261,28 @@ def test_rft_replay_adds_warm_start_pairs_to_the_round(monkeypatch):
         tiny.train_tiny(tiny.TinyConfig(steps=0, rft_replay=-1))
 
 
+def test_rft_interpolation_moves_the_weights_back_towards_the_rounds_start(monkeypatch):
+    """``rft_interpolation`` a: final = (1 - a) * start + a * rounds' end (WiSE-FT), tied weights included."""
+    monkeypatch.setattr(tiny, "rft_pairs", lambda *a, **k: [("1 2 3 -> 6:", "1+2+3")])
+
+    def fake_round(model, *a, **k):  # a "round" that adds 1 to every weight
+        with torch.no_grad():
+            for param in model.parameters():
+                param.add_(1.0)
+
+    monkeypatch.setattr(tiny, "_fit", fake_round)
+    start = AutoModelForCausalLM.from_pretrained(tiny.tiny_model_path())
+    for weight, shift in ((1.0, 1.0), (0.25, 0.25), (0.0, 0.0)):
+        cfg = tiny.TinyConfig(steps=0, init_from=str(tiny.tiny_model_path()), rft_rounds=2, rft_interpolation=weight)
+        model, _ = tiny.train_tiny(cfg)
+        for (name, before), after in zip(start.named_parameters(), model.parameters()):
+            torch.testing.assert_close(after, before + 2 * shift, msg=name)  # two rounds of +1 each
+        assert model.lm_head.weight is model.model.embed_tokens.weight  # still tied
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError, match="rft_interpolation"):
+            tiny.train_tiny(tiny.TinyConfig(steps=0, rft_interpolation=bad))
+
+
 def test_ood_pretrain_problems_join_the_warm_start():
     """``countdown_ood_pretrain_problems`` / ``sql_ood_pretrain_problems`` add the held-apart sparse
     problems and held-out-schema questions to the warm start, never an "ood" evaluation prompt."""
