@@ -308,3 +308,25 @@ def test_wide_countdown_problems_join_the_warm_start():
     added = [p for p in more if p not in plain]
     assert plain == more[:len(plain)] and len({prompt for prompt, _ in added}) == 10
     assert all(int(prompt.split("-> ")[1].rstrip(":")) > 100 for prompt, _ in added)
+
+
+def test_build_benchmark_projects_a_recipe_from_its_timed_parts():
+    """``benchmarks/bench_tiny_build.py``: the projection is the recipe's steps and problems times the timed parts."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_tiny_build.py"
+    spec = importlib.util.spec_from_file_location("bench_tiny_build", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    r = bench.run("tiny-30min2", steps=2, problems=7)
+    cfg = tiny.TinyConfig(**tiny.BUILT_IN["tiny-30min2"]())
+    sampling = (r["countdown_sample_s_per_problem"] * (3000 + cfg.rft_countdown_ood_pretrain_problems)
+                + r["sql_sample_s_per_problem"] * 1000)
+    assert r["round_sampling_s"] == pytest.approx(sampling)
+    expected = (r["warm_start_data_s"] + 3400 * r["warm_start_step_s"]
+                + 2 * (sampling + 800 * r["round_step_s"])) / 60
+    assert r["projected_build_min"] == pytest.approx(expected) and r["projected_build_min"] > 0
+    assert r["fits_budget"] == (expected <= 30)
+    with pytest.raises(ValueError, match="tiny-30min2"):
+        bench.run("tiny-60min")
