@@ -197,8 +197,9 @@ class TinyConfig:
     """After the rounds, move the weights back towards those the rounds started from:
     ``(1 - a) * start + a * end`` with ``a`` this value (WiSE-FT, Wortsman et al., 2022, which interpolates a
     fine-tuned model with its start to keep the start's breadth). 1.0: the rounds' weights as they are.
-    Measured (``assets/README.md``): 0.75 and 0.5 after ``tiny-30min2``'s rounds gave back Pass@1 and the
-    near-perfect set (24.2% to 20.6% and 16.3%; 5.5% to 4.0% and 1.6%) for one more prompt of Pass@64."""
+    Measured (``assets/README.md``, ``tiny-30min2``'s two calls rerun on another CPU): 0.75 and 0.5 gave back
+    Pass@1 and the near-perfect set (24.2% to 20.6% and 16.3%; 5.5% to 4.0% and 1.6%) for one more prompt of
+    Pass@64."""
 
 
 def tiny_model_config(cfg: TinyConfig, vocab_size: int) -> LlamaConfig:
