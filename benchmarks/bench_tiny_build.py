@@ -73,18 +73,17 @@ def run(name: str = "tiny-30min2", steps: int = 200, problems: int = 300) -> dic
         counts = {"countdown": tiny.RFT_PROBLEMS["countdown"] + cfg.rft_countdown_ood_pretrain_problems,
                   "sql": tiny.RFT_PROBLEMS["sql"] if cfg.rft_sql_problems is None else cfg.rft_sql_problems}
         round_pairs, sampling = [], 0.0
-        for task, max_new in ((countdown, 32), (sql, 96)):  # as ``tiny.rft_pairs`` samples
+        for task in (countdown, sql):  # as ``tiny.rft_pairs`` samples
             # the tasks in the round's proportions, so that the round steps see its mix of lengths
             size = max(1, round(problems * counts[task.NAME] / max(counts.values())))
             rows = task.make_dataset("train", size, seed=tiny.RFT_SEED)
             start = time.perf_counter()
-            sampled = evaluate(model, tokenizer, rows, task, n=cfg.rft_samples, max_new_tokens=max_new,
-                               greedy=False, progress=False)
+            sampled = evaluate(model, tokenizer, rows, task, n=cfg.rft_samples,
+                               max_new_tokens=tiny.MAX_NEW_TOKENS[task.NAME], greedy=False, progress=False)
             per_problem = (time.perf_counter() - start) / size
             result[f"{task.NAME}_sample_s_per_problem"] = per_problem
             sampling += per_problem * counts[task.NAME]
             round_pairs += [(row["prompt"], key) for row, keys in zip(rows, sampled.distinct_keys) for key in keys]
-        model.train()
         pairs = round_pairs if len(round_pairs) >= cfg.batch_size else warm_pairs
         result["round_step_s"] = _step_seconds(model, tokenizer, pairs, cfg, steps, cfg.rft_lr)
         result["round_sampling_s"] = sampling

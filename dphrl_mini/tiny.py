@@ -67,6 +67,7 @@ RFT_SEED = 777  # rejection-sampling problems: the "train" generator with yet an
 RFT_PROBLEMS = {"countdown": 3000, "sql": 1000}  # training problems sampled per round
 RFT_WARMUP_STEPS = 20
 SQL_DRILL_QUESTIONS = 20  # questions per made-up schema in the warm start
+MAX_NEW_TOKENS = {"countdown": 32, "sql": 96}  # sampled tokens per answer, in the rounds and in `measure`
 MEASURE_PROMPTS, MEASURE_SAMPLES = 100, 64  # per split, per prompt (README numbers)
 
 
@@ -311,7 +312,7 @@ def train_tiny(cfg: TinyConfig, log_every: int = 50, callback=None):
     if cfg.steps:
         _fit(model, tokenizer, warm_start, cfg, cfg.steps, cfg.lr, cfg.warmup_steps, rng, log_every, callback,
              schedule_steps=cfg.schedule_steps)
-    interpolate = cfg.rft_rounds and cfg.rft_interpolation < 1.0
+    interpolate = cfg.rft_rounds > 0 and cfg.rft_interpolation < 1.0
     start_weights = {name: p.detach().clone() for name, p in model.named_parameters()} if interpolate else {}
     for round_index in range(cfg.rft_rounds):
         model.eval()
@@ -355,7 +356,8 @@ def rft_pairs(model, tokenizer, seed: int = 0, round_index: int = 0, samples: in
     from .tasks import countdown, sql
 
     pairs = []
-    for task, max_new in ((countdown, 32), (sql, 96)):
+    for task in (countdown, sql):
+        max_new = MAX_NEW_TOKENS[task.NAME]
         size = sql_problems if task is sql and sql_problems is not None else RFT_PROBLEMS[task.NAME]
         rows = task.make_dataset("train", size, seed=RFT_SEED + seed)
         if task is countdown and countdown_ood_pretrain:
@@ -432,7 +434,8 @@ def measure(model, tokenizer, n_prompts: int = MEASURE_PROMPTS, n: int = MEASURE
 
     train_prompts = train_prompts or {"countdown": 2000, "sql": 400}
     results: dict[str, dict] = {}
-    for task, max_new in ((countdown, 32), (sql, 96)):
+    for task in (countdown, sql):
+        max_new = MAX_NEW_TOKENS[task.NAME]
         for split in ("test", "ood", "shift"):
             rows = task.make_dataset(split, n_prompts, seed=seed)
             result = evaluate(model, tokenizer, rows, task, n=n, ks=[1, n], max_new_tokens=max_new, seed=seed,
