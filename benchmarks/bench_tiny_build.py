@@ -70,8 +70,7 @@ def run(name: str = "tiny-30min2", steps: int = 200, problems: int = 300) -> dic
         path = tiny.tiny_model_path(name)
         model = LlamaForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
         tokenizer = AutoTokenizer.from_pretrained(path)
-        counts = {"countdown": tiny.RFT_PROBLEMS["countdown"] + cfg.rft_countdown_ood_pretrain_problems,
-                  "sql": tiny.RFT_PROBLEMS["sql"] if cfg.rft_sql_problems is None else cfg.rft_sql_problems}
+        counts = tiny.rft_problem_counts(cfg)
         round_pairs, sampling = [], 0.0
         for task in (countdown, sql):  # as ``tiny.rft_pairs`` samples
             # the tasks in the round's proportions, so that the round steps see its mix of lengths

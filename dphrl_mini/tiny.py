@@ -376,6 +376,12 @@ def rft_pairs(model, tokenizer, seed: int = 0, round_index: int = 0, samples: in
     return pairs
 
 
+def rft_problem_counts(cfg: TinyConfig) -> dict[str, int]:
+    """Problems a rejection-sampling round samples per task (Countdown's include the held-apart sparse ones)."""
+    return {"countdown": RFT_PROBLEMS["countdown"] + cfg.rft_countdown_ood_pretrain_problems,
+            "sql": RFT_PROBLEMS["sql"] if cfg.rft_sql_problems is None else cfg.rft_sql_problems}
+
+
 def _fit(model, tokenizer, pairs, cfg: TinyConfig, steps: int, lr: float, warmup_steps: int, rng: random.Random,
          log_every: int = 50, callback=None, schedule_steps: int | None = None) -> None:
     """``steps`` AdamW steps of next-token loss on the completions of ``pairs`` (linear warm-up,
@@ -509,8 +515,8 @@ def _readme(cfg: TinyConfig, n_params: int, seconds: float, results: dict[str, d
         if value != getattr(defaults, f.name) and f.name != "num_threads":
             args += f" --{f.name.replace('_', '-')}" + ("" if isinstance(value, bool) else f" {value}")
     where = f"dphrl_mini/assets/{out.name}" if out.resolve().parent == ASSET_ROOT else str(out)
-    sql_round = RFT_PROBLEMS["sql"] if cfg.rft_sql_problems is None else cfg.rft_sql_problems
-    round_problems = f"{RFT_PROBLEMS['countdown'] + sql_round:,} training"
+    counts = rft_problem_counts(cfg)
+    round_problems = f"{counts['countdown'] - cfg.rft_countdown_ood_pretrain_problems + counts['sql']:,} training"
     if cfg.rft_countdown_ood_pretrain_problems:
         round_problems += f" and {cfg.rft_countdown_ood_pretrain_problems:,} held-apart"
     lines = [
