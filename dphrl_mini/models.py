@@ -6,7 +6,7 @@ Behaviour of ``load_policy`` (DESIGN.md §2-3):
    / ``"dphrl-mini/tiny-rft"`` the same after rejection-sampling fine-tuning, ``"tiny-rft2"`` after a
    second round, ``"tiny-rft3"`` after a stage on the halves held apart from the ``ood`` splits,
    ``"tiny-30min"`` close to the papers' in-domain regime in one 30-minute build, ``"tiny-30min2"``
-   the whole regime in a 30-minute build
+   a 30-minute build short of the regime's test Pass@64 only
    (``tiny.tiny_model_path(name)``);
    anything else is a Hugging Face id or local path loaded with ``AutoModelForCausalLM`` /
    ``AutoTokenizer``. A local folder is made absolute (so the adapter's

@@ -105,10 +105,16 @@ def test_measure_estimates_the_expected_near_perfect_share(monkeypatch):
             return {"pass@1": 0.5, "pass@8": 1.0, "distinct_correct": 2.0}
 
     monkeypatch.setattr(evaluate_module, "evaluate", lambda model, tokenizer, rows, task, n, **kw: Result(rows, n))
-    shares = tiny.measure(None, None, n_prompts=2, n=8, train_prompts={"countdown": 10, "sql": 4})["countdown/train"]
+    results = tiny.measure(None, None, n_prompts=2, n=8, train_prompts={"countdown": 10, "sql": 4},
+                           test_prompts={"countdown": 2, "sql": 2})
+    shares = results["countdown/train"]
     assert shares["near-perfect 4/4"] == 1.0 and shares["near-perfect 6/8"] == 0.5
     assert shares["expected near-perfect 4/4"] == pytest.approx((1 + 1 / 70) / 2)
     assert 0 < shares["expected near-perfect 4/4 (std err)"] < 0.5
+    # the test split's Pass@1 and Pass@8 with standard errors over prompts: 8/8 and 4/8 correct give
+    # Pass@1 of 1 and 0.5 (std err 0.25), Pass@8 of 1 and 1 (std err 0)
+    assert results["countdown/test"]["pass@1 (std err)"] == pytest.approx(0.25)
+    assert results["countdown/test"]["pass@8 (std err)"] == 0.0
 
 
 @pytest.mark.slow
