@@ -458,9 +458,8 @@ def measure(model, tokenizer, n_prompts: int = MEASURE_PROMPTS, n: int = MEASURE
             results[f"{task.NAME}/{split}"] = {k: summary[k] for k in ("pass@1", f"pass@{n}", "distinct_correct")}
             if split == "test":  # standard errors over prompts: is a figure near its bound within noise?
                 for k in (1, n):
-                    per_prompt = [pass_at_k(n, c, k) for c in result.correct]
-                    results[f"{task.NAME}/test"][f"pass@{k} (std err)"] = (statistics.stdev(per_prompt)
-                                                                        / math.sqrt(len(per_prompt)))
+                    results[f"{task.NAME}/test"][f"pass@{k} (std err)"] = _std_err(
+                        [pass_at_k(n, c, k) for c in result.correct])
             if "difficulty" in rows[0]:
                 for level in task.DIFFICULTIES:
                     c = [c for c, row in zip(result.correct, rows) if row["difficulty"] == level]
@@ -477,9 +476,14 @@ def measure(model, tokenizer, n_prompts: int = MEASURE_PROMPTS, n: int = MEASURE
         # samples of each prompt (``all_of_k``: C(c, 4) / C(8, 4)), with its standard error.
         chances = [all_of_k(8, c, 4) for c in correct[8]]
         shares["expected near-perfect 4/4"] = sum(chances) / len(rows)
-        shares["expected near-perfect 4/4 (std err)"] = statistics.stdev(chances) / math.sqrt(len(rows))
+        shares["expected near-perfect 4/4 (std err)"] = _std_err(chances)
         results[f"{task.NAME}/train"] = shares
     return results
+
+
+def _std_err(values: list[float]) -> float:
+    """Standard error of the mean of per-prompt values."""
+    return statistics.stdev(values) / math.sqrt(len(values))
 
 
 TARGETS: tuple[tuple[str, str, float, float], ...] = (
@@ -533,7 +537,7 @@ def _readme(cfg: TinyConfig, n_params: int, seconds: float, results: dict[str, d
             args += f" --{f.name.replace('_', '-')}" + ("" if isinstance(value, bool) else f" {value}")
     where = f"dphrl_mini/assets/{out.name}" if out.resolve().parent == ASSET_ROOT else str(out)
     counts = rft_problem_counts(cfg)
-    round_problems = f"{counts['countdown'] - cfg.rft_countdown_ood_pretrain_problems + counts['sql']:,} training"
+    round_problems = f"{RFT_PROBLEMS['countdown'] + counts['sql']:,} training"
     if cfg.rft_countdown_ood_pretrain_problems:
         round_problems += f" and {cfg.rft_countdown_ood_pretrain_problems:,} held-apart"
     lines = [
