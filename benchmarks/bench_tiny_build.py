@@ -40,12 +40,13 @@ from dphrl_mini.tasks import countdown, sql  # noqa: E402
 BUDGET_MINUTES = 30.0
 
 
-def _step_seconds(model, tokenizer, pairs, cfg: tiny.TinyConfig, steps: int, lr: float) -> float:
+def _step_seconds(model, tokenizer, pairs, cfg: tiny.TinyConfig, steps: int, lr: float,
+                  muon_lr: float | None = None) -> float:
     """Mean wall time of one ``tiny._fit`` step over ``steps`` steps (the first 5 not counted). The mean, not
     the median: batches are bucketed by length, so a long SQL batch takes several times a short one."""
     stamps = [time.perf_counter()]
     tiny._fit(model, tokenizer, pairs, cfg, steps + 5, lr, 5, random.Random(0), log_every=1,
-              callback=lambda *_: stamps.append(time.perf_counter()))
+              callback=lambda *_: stamps.append(time.perf_counter()), muon_lr=muon_lr)
     return (stamps[-1] - stamps[5]) / steps  # steps 6 .. steps + 5
 
 
@@ -62,7 +63,7 @@ def run(name: str = "tiny-30min2", steps: int = 200, problems: int = 300) -> dic
     warm_step = 0.0
     if cfg.steps:
         model = LlamaForCausalLM(tiny.tiny_model_config(cfg, len(tokenizer)))
-        warm_step = _step_seconds(model, tokenizer, warm_pairs, cfg, steps, cfg.lr)
+        warm_step = _step_seconds(model, tokenizer, warm_pairs, cfg, steps, cfg.lr, cfg.warm_start_muon_lr())
     result = {"model": name, "threads": cfg.num_threads, "warm_start_steps": cfg.steps,
               "warm_start_data_s": data_seconds, "warm_start_step_s": warm_step, "rft_rounds": cfg.rft_rounds}
     minutes = (data_seconds + cfg.steps * warm_step) / 60

@@ -162,7 +162,8 @@ class TrainConfig:
     same-task ood splits are out of its reach), "tiny-rft3" "tiny-rft2" after a stage that adds the
     halves held apart from the ood splits (the whole regime, ood included), "tiny-30min" close to
     the in-domain regime from one 30-minute CPU build (`results/countdown_30min`), "tiny-30min2" a
-    30-minute build that misses test Pass@64 (91% on 600 prompts, against 95%; its README)."""
+    30-minute build that misses test Pass@64 (91% on 600 prompts, against 95%; its README), "tiny-muon"
+    the whole regime from one 15-minute CPU build (a warm start with Muon, one short round)."""
     quantization: str | None = None
     """None, "4bit" (NF4, double quant) or "8bit" (bitsandbytes)."""
     lora_rank: int = 16

@@ -6,8 +6,8 @@ Behaviour of ``load_policy`` (DESIGN.md §2-3):
    / ``"dphrl-mini/tiny-rft"`` the same after rejection-sampling fine-tuning, ``"tiny-rft2"`` after a
    second round, ``"tiny-rft3"`` after a stage on the halves held apart from the ``ood`` splits,
    ``"tiny-30min"`` close to the papers' in-domain regime in one 30-minute build, ``"tiny-30min2"``
-   a 30-minute build short of the regime's test Pass@64 only
-   (``tiny.tiny_model_path(name)``);
+   a 30-minute build short of the regime's test Pass@64 only, ``"tiny-muon"`` the whole regime from
+   one 15-minute build (a Muon warm start) (``tiny.tiny_model_path(name)``);
    anything else is a Hugging Face id or local path loaded with ``AutoModelForCausalLM`` /
    ``AutoTokenizer``. A local folder is made absolute (so the adapter's
    ``base_model_name_or_path`` resolves from any working directory); a path that does not exist

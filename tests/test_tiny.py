@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
 from dphrl_mini import tiny
 from dphrl_mini.evaluate import evaluate
@@ -127,6 +127,25 @@ def test_build_tiny_model_smoke(tmp_path):
     assert "--steps 20" in (out / "README.md").read_text()
 
 
+def test_muon_warm_start_trains_hidden_matrices_with_muon_and_the_rest_with_adamw():
+    cfg = tiny.TinyConfig(steps=3, optimizer="muon", hidden_size=32, intermediate_size=64, countdown_problems=8,
+                          sql_problems=4, per_problem=1, batch_size=4)
+    model = LlamaForCausalLM(tiny.tiny_model_config(cfg, len(tiny.build_tokenizer())))
+    (muon, muon_peak), (adamw, adamw_peak) = tiny._optimizers(model, cfg.weight_decay, cfg.lr, cfg.muon_lr)
+    assert isinstance(muon, torch.optim.Muon) and isinstance(adamw, torch.optim.AdamW)
+    assert (muon_peak, adamw_peak) == (cfg.muon_lr, cfg.lr)
+    names = {id(p): n for n, p in model.named_parameters()}
+    muon_names = {names[id(p)] for g in muon.param_groups for p in g["params"]}
+    adamw_names = {names[id(p)] for g in adamw.param_groups for p in g["params"]}
+    assert muon_names and all(".layers." in n and n.endswith("proj.weight") for n in muon_names)
+    assert muon_names | adamw_names == set(names.values()) and not muon_names & adamw_names
+    assert "model.embed_tokens.weight" in adamw_names
+    trained, _ = tiny.train_tiny(cfg)
+    assert all(torch.isfinite(p).all() for p in trained.parameters())
+    with pytest.raises(ValueError, match="optimizer"):
+        tiny.train_tiny(tiny.TinyConfig(steps=0, optimizer="sgd"))
+
+
 def test_measure_flag_alone_measures_the_built_in_model(monkeypatch, capsys):
     """``python -m dphrl_mini.tiny --measure`` (as the README writes it) takes the committed checkpoint."""
     seen = {}
@@ -242,6 +261,7 @@ def test_built_in_names_resolve():
     assert resolve_model_path("tiny-rft3") == str(tiny.ASSET_ROOT / "tiny-rft3")
     assert resolve_model_path("tiny-30min") == str(tiny.ASSET_ROOT / "tiny-30min")
     assert resolve_model_path("tiny-30min2") == str(tiny.ASSET_ROOT / "tiny-30min2")
+    assert resolve_model_path("tiny-muon") == str(tiny.ASSET_ROOT / "tiny-muon")
     with pytest.raises(ValueError, match="tiny-rft"):
         tiny.tiny_model_path("tiny-sharp")
 
@@ -318,13 +338,7 @@ def test_wide_countdown_problems_join_the_warm_start():
 
 def test_build_benchmark_projects_a_recipe_from_its_timed_parts():
     """``benchmarks/bench_tiny_build.py``: the projection is the recipe's steps and problems times the timed parts."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_tiny_build.py"
-    spec = importlib.util.spec_from_file_location("bench_tiny_build", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _load_benchmark("bench_tiny_build")
     r = bench.run("tiny-30min2", steps=2, problems=7)
     cfg = tiny.TinyConfig(**tiny.BUILT_IN["tiny-30min2"]())
     sampling = (r["countdown_sample_s_per_problem"] * (3000 + cfg.rft_countdown_ood_pretrain_problems)
@@ -335,4 +349,30 @@ def test_build_benchmark_projects_a_recipe_from_its_timed_parts():
     assert r["projected_build_min"] == pytest.approx(expected) and r["projected_build_min"] > 0
     assert r["fits_budget"] == (expected <= 30)
     with pytest.raises(ValueError, match="tiny-30min2"):
+        bench.run("tiny-60min")
+
+
+def _load_benchmark(name: str):
+    """A script of ``benchmarks/`` as a module."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench
+
+
+def test_optimizer_benchmark_measures_both_optimizers_on_held_out_solutions(monkeypatch):
+    """``benchmarks/bench_tiny_optimizer.py``: one row per optimizer and measurement, held-out losses finite."""
+    bench = _load_benchmark("bench_tiny_optimizer")
+    rows = countdown.make_dataset("train", 16, seed=0)
+    monkeypatch.setattr(tiny, "sft_pairs", lambda cfg: countdown.sft_examples(rows, per_problem=4, seed=0))
+    result = bench.run("tiny-muon", steps=2, every=1)
+    assert [(r["optimizer"], r["step"]) for r in result] == [("adamw", 1), ("adamw", 2), ("muon", 1), ("muon", 2)]
+    for r in result:
+        assert 0 < r["countdown_heldout_loss"] < 10 and 0 < r["sql_heldout_loss"] < 10
+    assert result[0]["countdown_heldout_loss"] != result[2]["countdown_heldout_loss"]  # the optimizers differ
+    with pytest.raises(ValueError, match="tiny-muon"):
         bench.run("tiny-60min")
