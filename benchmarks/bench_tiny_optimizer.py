@@ -74,7 +74,7 @@ def run(name: str = "tiny-muon", steps: int = 800, every: int = 200) -> list[dic
             print(json.dumps(row), file=sys.stderr, flush=True)
             last[0] = time.perf_counter()
 
-        muon_lr = cfg.muon_lr if optimizer == "muon" else None
+        muon_lr = dataclasses.replace(cfg, optimizer=optimizer).warm_start_muon_lr()
         tiny._fit(model, tokenizer, pairs, cfg, steps, cfg.lr, cfg.warmup_steps, random.Random(cfg.seed),
                   log_every=every, callback=record, muon_lr=muon_lr)
         rows += losses
