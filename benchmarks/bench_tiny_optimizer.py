@@ -6,9 +6,9 @@ A built-in model's warm start (``dphrl_mini.tiny``) is most of its build. This t
 initialization on the same warm-start data in the same batch order twice, ``--steps`` steps each with
 the cosine schedule over those steps: once with AdamW at ``lr`` on every parameter, once with Muon
 (``TinyConfig.optimizer="muon"``: ``torch.optim.Muon`` at ``muon_lr`` on the hidden matrices, AdamW at
-``lr`` on the embeddings and norms). Every ``--every`` steps it prints the running training loss and the
-loss on held-out reference solutions (``sft_examples``, 2 per problem) of 600 Countdown and 300 SQL
-*test* problems, never trained on, with the seconds spent training so far. The recipe's data flags come
+``lr`` on the embeddings and norms). Every ``--every`` steps it prints the loss on held-out reference
+solutions (``sft_examples``, 2 per problem) of 600 Countdown and 300 SQL *test* problems, never trained
+on, with the seconds spent training so far (the held-out evaluation not counted). The recipe's data flags come
 from ``tiny.BUILT_IN[--model]``; its own step count and optimizer do not matter here.
 """
 
