@@ -45,6 +45,7 @@ bench: setup
 	$(PY) benchmarks/bench_optimal_policy.py
 	$(PY) benchmarks/bench_trl.py --device cpu
 	$(PY) benchmarks/bench_tiny_build.py
+	$(PY) benchmarks/bench_shares.py
 
 # GPU acceptance (benchmarks/README.md): no setup step, since the GPU machine has no network; its own python
 # (with the wheels carried in .whl/) unless this checkout has a virtual environment. Its CPU dry run is a unit test.

@@ -281,6 +281,9 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     optimizer: str = "adamw"
     """"adamw" or "paged_adamw_8bit" (bitsandbytes, GPU)."""
+    measure_shares: bool = True
+    """Log each update's DPH (or KL) share of the gradient and of the optimizer step (``shares.py``);
+    RKL runs pay one more backward pass for it."""
     updates_per_step: int = 2
     """Optimizer updates per RL step, each on a mini-batch of prompt groups (PPO mini-batches)."""
     micro_batch_size: int = 256

@@ -23,7 +23,8 @@ from .evaluate import EvalResult
 from .style import (BASE_LINE, coefficient_label, display_name, family, family_color, is_percent, metric_label,
                     parse_name)
 
-TRAINING_KEYS = ("reward_mean", "solve_rate", "entropy", "completion_length", "dph_loss", "kl")
+TRAINING_KEYS = ("reward_mean", "solve_rate", "entropy", "completion_length", "dph_loss", "kl", "dph_update_share",
+                 "kl_update_share", "reference_drift")
 
 
 def load_history(path: str | Path) -> list[dict]:
@@ -253,10 +254,12 @@ def plot_pareto(rows: list[dict], x: str = "pass@1", y: str = "pass@64", split: 
 class LivePlot:
     """A training callback that redraws curves in a notebook every ``every`` steps.
 
-    ``Trainer(cfg, callbacks=[LivePlot()])``; outside IPython it only collects the metrics.
+    ``Trainer(cfg, callbacks=[LivePlot()])``; outside IPython it only collects the metrics. The default
+    keys include the regularizer's share of each update, for the runs that log one (DPH, RKL).
     """
 
-    def __init__(self, keys: Iterable[str] = ("reward_mean", "solve_rate", "entropy"), every: int = 5):
+    def __init__(self, keys: Iterable[str] = ("reward_mean", "solve_rate", "entropy", "dph_update_share",
+                                              "kl_update_share"), every: int = 5):
         self.keys, self.every, self.history, self.handle = tuple(keys), every, [], None
 
     def __call__(self, metrics: dict) -> None:

@@ -128,12 +128,17 @@ def family_color(name: str):
     return shade(FAMILY_COLORS[method], 0.4) if method in FAMILY_COLORS else "0.4"
 
 
-_PERCENT_METRICS = ("greedy", "kept_frac", "solve_rate")
+_PERCENT_METRICS = ("greedy", "kept_frac", "solve_rate", "dph_grad_share", "dph_update_share", "kl_grad_share",
+                    "kl_update_share", "reference_halved_frac")
 METRIC_LABELS: dict[str, str] = {
     "greedy": "greedy accuracy", "kept_frac": "base-solved prompts kept", "solve_rate": "prompts solved",
     "distinct_correct": "distinct correct solutions / prompt", "reward_mean": "mean reward",
     "entropy": "entropy (nats / token)", "completion_length": "completion length (tokens)",
     "dph_loss": "DPH loss", "kl": "reverse KL to π_ref",
+    "dph_update_share": "DPH share of the update", "dph_grad_share": "DPH share of the gradient",
+    "kl_update_share": "KL share of the update", "kl_grad_share": "KL share of the gradient",
+    "dph_grad_cosine": "cos(RL, DPH gradient)", "reference_drift": "mean |π/π_ref − 1| (rehearsed)",
+    "reference_halved_frac": "rehearsed tokens with π < π_ref/2",
 }
 
 

@@ -8,7 +8,12 @@ One step (``Trainer.step``):
    sequence log-probs from the online reference = the same model with adapters disabled);
 4. group-normalized advantages; then ``updates_per_step`` optimizer updates, each on a mini-batch
    of groups, minimizing the ``losses`` terms: clipped surrogate (+ reverse-KL penalty for rkl)
-   on the rollouts, plus ``eta`` times the DPH divergence on a batch of stored reference samples.
+   on the rollouts, plus ``eta`` times the DPH divergence on a batch of stored reference samples;
+5. [DPH, RKL] how much of each update the regularizer made (``shares.py``, on by default with
+   ``measure_shares``): ``dph_grad_share`` / ``kl_grad_share`` = ||g_reg|| / (||g_rest|| + ||g_reg||),
+   ``*_update_share`` the same for AdamW's step split through its first moment, ``*_grad_cosine``,
+   and for DPH the drift on the rehearsed tokens, ``reference_drift`` = mean |pi/pi_ref - 1| and
+   ``reference_halved_frac`` (the share whose probability fell below half of pi_ref's).
 
 Departures from the released verl code (DPH-RL notes §1.3-1.4): the reference batch is its own
 micro-batch stream rather than rows concatenated into the RL batch (so routing never mixes row
@@ -54,6 +59,7 @@ from .losses import aggregate, clipped_surrogate, divergence_per_token, group_ad
 from .models import lean_lora, load_policy, model_fingerprint, reference_mode, save_adapter
 from .packing import packed_logps
 from .rollout import Rollout, sequence_logps
+from .shares import UpdateShares, clip_coefficient
 from .sources import task_data
 
 OOM_HINT = ("out of GPU memory: lower `micro_batch_size` or `generation_batch_size`, shorten "
@@ -158,6 +164,9 @@ class Trainer:
         # not prepared by accelerate, which would step it once per process per update (N times too fast in DDP)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda u: self._lr_factor(u, total_updates))
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        regularized = cfg.dph_divergence() is not None or cfg.method_kl_coef() > 0
+        self.shares = UpdateShares(params, optimizer) if cfg.measure_shares and regularized else None
+        """The DPH term's and the KL penalty's share of every update (shares.py)."""
         self.policy = self.accelerator.unwrap_model(self.model)  # for sampling and saving
         self.engine = RolloutEngine(self.policy, cfg.rollout_engine)  # rollouts (engine.py)
         self.device = self.accelerator.device
@@ -371,6 +380,8 @@ class Trainer:
         total_tokens = float(mask[batch_rows].sum().clamp(min=1))
         kl_coef, divergence = cfg.method_kl_coef(), cfg.dph_divergence()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.shares:
+            self.shares.zero()
         losses = []
         for start in range(0, len(batch_rows), mb):
             rows = batch_rows[start:start + mb]
@@ -387,19 +398,34 @@ class Trainer:
                 kl = aggregate(kl_penalty_per_token(logps, reference_logps[rows], cfg.kl_estimator), m, cfg.loss_aggregation)
                 loss = loss + kl_coef * kl
                 stats["kl"].append(float(kl.detach()))
-            self.accelerator.backward(loss * weight)
+            if kl_coef > 0 and self.shares:  # the penalty's own backward pass, to measure its share
+                with self.accelerator.no_sync(self.model):  # DDP: averaged once, below
+                    self.accelerator.backward(pg_loss * weight, retain_graph=True)
+                    with self.shares.term("kl"):
+                        self.accelerator.backward(kl_coef * kl * weight)
+            else:
+                self.accelerator.backward(loss * weight)
             losses.append(float(loss.detach()))
             stats["pg_loss"].append(float(pg_loss.detach()))
             stats["clip_fraction"].append(float(clip_fraction))
             if first:
                 stats["entropy"].append(float((entropy.detach() * m).sum() / m.sum().clamp(min=1)))
+        if kl_coef > 0 and self.shares and self.accelerator.num_processes > 1:
+            self.shares.all_reduce(self.accelerator)  # the gradients no_sync kept per process
         if divergence and self.presampled is not None and len(self.presampled.store):
-            dph = self._dph_backward(divergence)
+            context = self.shares.term("dph") if self.shares else contextlib.nullcontext()
+            with context:
+                dph, drift = self._dph_backward(divergence)
             stats["dph_loss"].append(dph)
+            for key, value in drift.items():
+                stats.setdefault(key, []).append(value)
             losses.append(dph)
         params = [p for p in self.model.parameters() if p.requires_grad]
         grad_norm = self.accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
         finite = math.isfinite(float(grad_norm)) and all(math.isfinite(x) for x in losses)
+        if finite and self.shares:
+            for key, value in self.shares.measure(clip_coefficient(float(grad_norm), cfg.max_grad_norm)).items():
+                stats.setdefault(key, []).append(value)
         if not finite:  # counted per step in _step (max_nonfinite_steps)
             self.optimizer.zero_grad(set_to_none=True)
             with warnings.catch_warnings():  # stepping the schedule without an update is intended here
@@ -428,12 +454,14 @@ class Trainer:
                 state.update(reference_pass=state["reference_pass"] + 1, reference_cursor=0)
         return indices
 
-    def _dph_backward(self, divergence: str) -> float:
-        """eta x token-mean divergence_per_token on stored pi_ref samples (DESIGN.md §1, step 2)."""
+    def _dph_backward(self, divergence: str) -> tuple[float, dict[str, float]]:
+        """eta x token-mean divergence_per_token on stored pi_ref samples (DESIGN.md §1, step 2); also
+        how far the policy has drifted on those tokens: ``reference_drift``, the mean |pi/pi_ref - 1|,
+        and ``reference_halved_frac``, the share of tokens whose probability fell below half of pi_ref's."""
         cfg, store = self.config, self.presampled.store
         indices = self.next_reference_indices(cfg.reference_batch_size)
         total_tokens = sum(len(store.completion_ids[i]) for i in indices)
-        value = 0.0
+        value, drift, halved = 0.0, 0.0, 0.0
         for start in range(0, len(indices), cfg.micro_batch_size):
             part = indices[start:start + cfg.micro_batch_size]
             batch = store.batch(part, self.tokenizer.pad_token_id, self.device)
@@ -444,7 +472,11 @@ class Trainer:
             part_loss = (per_token * m).sum() / total_tokens  # token-mean over the whole reference batch
             self.accelerator.backward(cfg.eta * part_loss)
             value += float(part_loss.detach())
-        return value
+            log_ratio = (logps.detach() - batch["reference_logps"]) * m  # x = log pi - log pi_ref, (b, T)
+            drift += float(((log_ratio.exp() - 1).abs() * m).sum())
+            halved += float(((log_ratio < -math.log(2)) * m).sum())
+        return value, {"reference_drift": drift / max(total_tokens, 1),
+                       "reference_halved_frac": halved / max(total_tokens, 1)}
 
     # --- evaluation ------------------------------------------------------------------------------
     def evaluate(self, split: str = "test", base: bool = False, n: int | None = None) -> EvalResult:
@@ -477,6 +509,7 @@ class Trainer:
         state = {"step": self.step_index, "data_state": dict(self.data_state),
                  "nonfinite_in_a_row": self.nonfinite_in_a_row, "history": self.history,
                  "reward_failure_streak": self.reward_failure_streak,
+                 "update_shares": self.shares.state_dict() if self.shares else None,
                  "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                  "rng_per_process": rng_per_process}
 
@@ -505,6 +538,8 @@ class Trainer:
         self.data_state = {"reference_pass": 0, "reference_cursor": 0, **state["data_state"]}
         self.nonfinite_in_a_row, self.history = state["nonfinite_in_a_row"], state["history"]
         self.reward_failure_streak = state.get("reward_failure_streak", {})
+        if self.shares and state.get("update_shares"):
+            self.shares.load_state_dict(state["update_shares"])
         rngs, rank = state["rng_per_process"], self.accelerator.process_index
         if len(rngs) != self.accelerator.num_processes:
             warnings.warn(f"checkpoint {folder} was saved by {len(rngs)} process(es), resuming with "

@@ -18,10 +18,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.slow
-def test_two_cpu_processes_train_and_write_once(tmp_path):
-    out = tmp_path / "ddp"
-    args = ["--preset", "tiny-cpu", "--method", "dph_js", "--steps", "2", "--save-every", "1",
+def launch_two_processes(out: Path, method: str) -> subprocess.CompletedProcess:
+    args = ["--preset", "tiny-cpu", "--method", method, "--steps", "2", "--save-every", "1",
             "--train-size", "8", "--prompts-per-step", "4", "--num-generations", "2", "--max-new-tokens", "8",
             "--updates-per-step", "2", "--presample-k", "2", "--presample-threshold", "0",
             "--reference-batch-size", "4", "--eval-size", "2", "--ood-size", "2", "--eval-n", "2",
@@ -33,7 +31,13 @@ def test_two_cpu_processes_train_and_write_once(tmp_path):
     # two, and Accelerator picks the process group up from its environment (gloo on CPU)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                "-m", "dphrl_mini.cli", "train", *args]
-    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_train_and_write_once(tmp_path):
+    out = tmp_path / "ddp"
+    done = launch_two_processes(out, "dph_js")
     assert done.returncode == 0, done.stderr[-4000:]
     assert done.stderr.count("[train finished") == 2, "expected two processes to finish"
     metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
@@ -49,3 +53,14 @@ def test_two_cpu_processes_train_and_write_once(tmp_path):
     assert len(rngs) == 2 and not torch.equal(rngs[0]["generator"], rngs[1]["generator"])  # each rank resumes its own
     assert (out / "eval_test.json").exists()
     assert not list(out.glob(".*.tmp")), "a process left temporary files behind"
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_measure_the_kl_share(tmp_path):
+    """RKL's share needs two backward passes per forward, which DDP's all-reduce allows only once:
+    they run without sync and the gradients are averaged once."""
+    out = tmp_path / "ddp_rkl"
+    done = launch_two_processes(out, "rkl")
+    assert done.returncode == 0, done.stderr[-4000:]
+    metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all(0 <= m["kl_update_share"] <= 1 and 0 <= m["kl_grad_share"] <= 1 for m in metrics)
