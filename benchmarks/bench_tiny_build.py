@@ -1,6 +1,6 @@
 """Will a built-in model's build fit the 30-minute, 2-core budget on this CPU? Times its parts, projects the build.
 
-    python benchmarks/bench_tiny_build.py [--model tiny-30min2] [--steps 200] [--problems 300] [--json]
+    python benchmarks/bench_tiny_build.py [--model tiny] [--steps 200] [--problems 300] [--json]
 
 The build time of a ``tiny`` recipe (``dphrl_mini.tiny.BUILT_IN``) depends on the CPU more than on
 anything else: ``tiny-30min2``'s two calls took 27.8 min on the 2-core CPU that built it and 45.1 min
@@ -50,7 +50,7 @@ def _step_seconds(model, tokenizer, pairs, cfg: tiny.TinyConfig, steps: int, lr:
     return (stamps[-1] - stamps[5]) / steps  # steps 6 .. steps + 5
 
 
-def run(name: str = "tiny-30min2", steps: int = 200, problems: int = 300) -> dict:
+def run(name: str = "tiny", steps: int = 200, problems: int = 300) -> dict:
     if name not in tiny.BUILT_IN:
         raise ValueError(f"--model must be one of {sorted(tiny.BUILT_IN)}, got {name!r}")
     cfg = tiny.TinyConfig(**tiny.BUILT_IN[name]())
@@ -95,7 +95,7 @@ def run(name: str = "tiny-30min2", steps: int = 200, problems: int = 300) -> dic
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="tiny-30min2", help=f"one of {', '.join(tiny.BUILT_IN)}")
+    parser.add_argument("--model", default="tiny", help=f"one of {', '.join(tiny.BUILT_IN)}")
     parser.add_argument("--steps", type=int, default=200, help="timed steps of each kind (after 5 untimed)")
     parser.add_argument("--problems", type=int, default=300,
                         help="problems sampled to time a round (the larger task; the other in the round's proportion)")

@@ -1,6 +1,6 @@
 """How far does a warm-start step get the tiny model? AdamW against Muon on the same data, held-out loss.
 
-    python benchmarks/bench_tiny_optimizer.py [--model tiny-muon] [--steps 800] [--every 200] [--json]
+    python benchmarks/bench_tiny_optimizer.py [--model tiny] [--steps 800] [--every 200] [--json]
 
 A built-in model's warm start (``dphrl_mini.tiny``) is most of its build. This trains the same
 initialization on the same warm-start data in the same batch order twice, ``--steps`` steps each with
@@ -46,7 +46,7 @@ def heldout_loss(model, examples, pad_id: int, batch_size: int = 256) -> float:
     return total / tokens
 
 
-def run(name: str = "tiny-muon", steps: int = 800, every: int = 200) -> list[dict]:
+def run(name: str = "tiny", steps: int = 800, every: int = 200) -> list[dict]:
     if name not in tiny.BUILT_IN:
         raise ValueError(f"--model must be one of {sorted(tiny.BUILT_IN)}, got {name!r}")
     recipe = {k: v for k, v in tiny.BUILT_IN[name]().items() if k != "init_from"}
@@ -83,7 +83,7 @@ def run(name: str = "tiny-muon", steps: int = 800, every: int = 200) -> list[dic
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="tiny-muon", help=f"whose warm-start data: one of {', '.join(tiny.BUILT_IN)}")
+    parser.add_argument("--model", default="tiny", help=f"whose warm-start data: one of {', '.join(tiny.BUILT_IN)}")
     parser.add_argument("--steps", type=int, default=800, help="steps per optimizer (the schedule's length)")
     parser.add_argument("--every", type=int, default=200, help="steps between held-out measurements")
     parser.add_argument("--json", action="store_true", help="print one JSON list")

@@ -59,9 +59,15 @@ def resolve_model_path(name_or_path: str) -> str:
     """``"tiny"``/``"tiny-rft"`` -> the built-in checkpoint directory; an existing local folder -> its
     absolute path; a hub id (``name`` or ``owner/name``) unchanged; a missing local path -> ``ValueError``."""
     from .sources import looks_like_path
-    from .tiny import BUILT_IN, tiny_model_path
+    from .tiny import BUILT_IN, RETIRED, tiny_model_path
 
     built_in = str(name_or_path).removeprefix("dphrl-mini/")
+    if built_in in RETIRED and RETIRED[built_in] is None:
+        warnings.warn(f"built-in model {built_in!r} is now called 'tiny'")
+        built_in = "tiny"
+    elif built_in in RETIRED:
+        raise ValueError(f"built-in model {built_in!r} was retired; the built-in model is 'tiny'. Its weights are "
+                         f"in git history: `git show {RETIRED[built_in]}:dphrl_mini/assets/{built_in}/model.safetensors`")
     if built_in in BUILT_IN:
         return str(tiny_model_path(built_in))
     path = Path(name_or_path).expanduser()

@@ -607,40 +607,19 @@ def _readme(cfg: TinyConfig, n_params: int, seconds: float, results: dict[str, d
 
 
 BUILT_IN = {
-    "tiny": lambda: {},
-    "tiny-rft": lambda: {"init_from": str(tiny_model_path("tiny")), "steps": 1500, "lr": 1e-3, "rft_rounds": 1,
-                         "rft_steps": 1000, "rft_samples": 32},
-    "tiny-rft2": lambda: {"init_from": str(tiny_model_path("tiny-rft")), "steps": 1200, "lr": 5e-4,
-                          "countdown_problems": 3000, "sql_problems": 2000, "rft_rounds": 1, "rft_steps": 1000,
-                          "rft_samples": 32},
-    "tiny-rft3": lambda: {"init_from": str(tiny_model_path("tiny-rft2")), "steps": 1200, "lr": 5e-4,
-                          "countdown_problems": 3000, "sql_problems": 2000, "countdown_ood_pretrain_problems": 3411,
-                          "sql_ood_pretrain_problems": 631, "rft_rounds": 1, "rft_steps": 1000, "rft_samples": 32,
-                          "rft_countdown_ood_pretrain_problems": 3411},
-    "tiny-30min": lambda: {"steps": 2200, "lr": 3e-3, "countdown_problems": 4000, "sql_problems": 2000,
-                           "rft_rounds": 1, "rft_steps": 1000, "rft_samples": 32},
-    "tiny-30min2": lambda: {"steps": 3400, "lr": 3e-3, "countdown_problems": 4000, "sql_problems": 2000,
-                            "countdown_ood_pretrain_problems": 3411, "sql_ood_pretrain_problems": 631,
-                            "rft_rounds": 2, "rft_steps": 800, "rft_samples": 20,
-                            "rft_countdown_ood_pretrain_problems": 500, "rft_unsolved_references": 1,
-                            "rft_weight_by_success": True},
-    "tiny-muon": lambda: {"steps": 1600, "lr": 3e-3, "optimizer": "muon", "countdown_problems": 4000,
-                          "sql_problems": 2000, "countdown_ood_pretrain_problems": 3411, "sql_ood_pretrain_problems": 631,
-                          "rft_rounds": 1, "rft_steps": 150, "rft_samples": 16, "rft_sql_problems": 200,
-                          "rft_countdown_ood_pretrain_problems": 500},
+    "tiny": lambda: {"steps": 1600, "lr": 3e-3, "optimizer": "muon", "countdown_problems": 4000,
+                     "sql_problems": 2000, "countdown_ood_pretrain_problems": 3411, "sql_ood_pretrain_problems": 631,
+                     "rft_rounds": 1, "rft_steps": 150, "rft_samples": 16, "rft_sql_problems": 200,
+                     "rft_countdown_ood_pretrain_problems": 500},
 }
-"""The built-in models (``dphrl_mini/assets/NAME``) and the ``TinyConfig`` overrides that rebuild
-one when it is missing (the committed checkpoints' exact commands are in their READMEs). A one-call
-rebuild repeats the recipe, not the weights: the round's batch order differs from the two calls'.
-For ``tiny-30min`` this was measured once (its asset README): the same warm-start loss at every
-logged step and the same round data, and a model whose test Pass@64 came out at 91%, not 95%. On
-another 2-core CPU the same recipe gave a much weaker model (Countdown Pass@1 23.6%, 5.3% near-perfect;
-``assets/README.md``): the committed weights, not the recipe, carry the measured figures. ``tiny-30min2``'s
-weights are the best of nine round draws on one warm start by their test Pass@64 on 100 prompts (95%; the
-others 90-95%); on the 600 test prompts ``measure`` now uses they reach 91%, below the target (its README).
-On a 2-core AMD EPYC its two calls took 45 min and made a weaker model (Pass@1 24.2%, Pass@64 88% on the
-100 prompts). ``tiny-muon``'s one call took 15.4 min on that AMD EPYC and meets every target; a second
-seed of its recipe is measured in its asset README section."""
+"""The built-in model (``dphrl_mini/assets/tiny``) and the ``TinyConfig`` overrides that rebuild it
+when it is missing (about 15 minutes on a 2-core CPU). A rebuild repeats the recipe, not the weights
+bit for bit: the committed weights carry the measured figures of its README."""
+
+RETIRED = {"tiny-muon": None, "tiny-rft": "55326b2", "tiny-rft2": "55326b2", "tiny-rft3": "55326b2",
+           "tiny-30min": "55326b2", "tiny-30min2": "55326b2"}
+"""Former built-in names: ``tiny-muon`` is ``tiny`` under its old name; the others were retired and
+live in git history (``dphrl_mini/assets/NAME`` at the commit given)."""
 
 
 def build_tiny_model(out_dir: str | Path, steps: int = TinyConfig.steps, seed: int = 0,

@@ -256,20 +256,23 @@ def test_built_in_names_resolve():
     from dphrl_mini.models import resolve_model_path
 
     assert resolve_model_path("dphrl-mini/tiny") == str(tiny.ASSET_ROOT / "tiny")
-    assert resolve_model_path("tiny-rft") == str(tiny.ASSET_ROOT / "tiny-rft")
-    assert resolve_model_path("tiny-rft2") == str(tiny.ASSET_ROOT / "tiny-rft2")
-    assert resolve_model_path("tiny-rft3") == str(tiny.ASSET_ROOT / "tiny-rft3")
-    assert resolve_model_path("tiny-30min") == str(tiny.ASSET_ROOT / "tiny-30min")
-    assert resolve_model_path("tiny-30min2") == str(tiny.ASSET_ROOT / "tiny-30min2")
-    assert resolve_model_path("tiny-muon") == str(tiny.ASSET_ROOT / "tiny-muon")
-    with pytest.raises(ValueError, match="tiny-rft"):
+    with pytest.warns(UserWarning, match="now called 'tiny'"):
+        assert resolve_model_path("tiny-muon") == str(tiny.ASSET_ROOT / "tiny")
+    with pytest.raises(ValueError, match="'tiny-rft3' was retired.*git show"):
+        resolve_model_path("tiny-rft3")
+    with pytest.raises(ValueError, match="tiny"):
         tiny.tiny_model_path("tiny-sharp")
+
+
+def test_one_built_in_model_ships():
+    assert sorted(p.name for p in tiny.ASSET_ROOT.iterdir() if p.is_dir()) == ["tiny"]
+    assert list(tiny.BUILT_IN) == ["tiny"]
 
 
 def test_hub_style_names_of_the_built_ins():
     from dphrl_mini.models import resolve_model_path
 
-    assert resolve_model_path("dphrl-mini/tiny-rft") == resolve_model_path("tiny-rft")
+    assert resolve_model_path("dphrl-mini/tiny") == resolve_model_path("tiny")
     assert resolve_model_path("dphrl-mini/other") == "dphrl-mini/other"  # any other id stays a hub id
 
 
@@ -339,16 +342,16 @@ def test_wide_countdown_problems_join_the_warm_start():
 def test_build_benchmark_projects_a_recipe_from_its_timed_parts():
     """``benchmarks/bench_tiny_build.py``: the projection is the recipe's steps and problems times the timed parts."""
     bench = _load_benchmark("bench_tiny_build")
-    r = bench.run("tiny-30min2", steps=2, problems=7)
-    cfg = tiny.TinyConfig(**tiny.BUILT_IN["tiny-30min2"]())
-    sampling = (r["countdown_sample_s_per_problem"] * (3000 + cfg.rft_countdown_ood_pretrain_problems)
-                + r["sql_sample_s_per_problem"] * 1000)
+    r = bench.run("tiny", steps=2, problems=7)
+    cfg = tiny.TinyConfig(**tiny.BUILT_IN["tiny"]())
+    counts = tiny.rft_problem_counts(cfg)
+    sampling = (r["countdown_sample_s_per_problem"] * counts["countdown"] + r["sql_sample_s_per_problem"] * counts["sql"])
     assert r["round_sampling_s"] == pytest.approx(sampling)
-    expected = (r["warm_start_data_s"] + 3400 * r["warm_start_step_s"]
-                + 2 * (sampling + 800 * r["round_step_s"])) / 60
+    expected = (r["warm_start_data_s"] + cfg.steps * r["warm_start_step_s"]
+                + cfg.rft_rounds * (sampling + cfg.rft_steps * r["round_step_s"])) / 60
     assert r["projected_build_min"] == pytest.approx(expected) and r["projected_build_min"] > 0
     assert r["fits_budget"] == (expected <= 30)
-    with pytest.raises(ValueError, match="tiny-30min2"):
+    with pytest.raises(ValueError, match="tiny"):
         bench.run("tiny-60min")
 
 
@@ -369,10 +372,10 @@ def test_optimizer_benchmark_measures_both_optimizers_on_held_out_solutions(monk
     bench = _load_benchmark("bench_tiny_optimizer")
     rows = countdown.make_dataset("train", 16, seed=0)
     monkeypatch.setattr(tiny, "sft_pairs", lambda cfg: countdown.sft_examples(rows, per_problem=4, seed=0))
-    result = bench.run("tiny-muon", steps=2, every=1)
+    result = bench.run("tiny", steps=2, every=1)
     assert [(r["optimizer"], r["step"]) for r in result] == [("adamw", 1), ("adamw", 2), ("muon", 1), ("muon", 2)]
     for r in result:
         assert 0 < r["countdown_heldout_loss"] < 10 and 0 < r["sql_heldout_loss"] < 10
     assert result[0]["countdown_heldout_loss"] != result[2]["countdown_heldout_loss"]  # the optimizers differ
-    with pytest.raises(ValueError, match="tiny-muon"):
+    with pytest.raises(ValueError, match="tiny"):
         bench.run("tiny-60min")
