@@ -17,6 +17,7 @@ __all__ = [
     "optimal_policy",
 ]
 from .train import REGULARIZERS, TrainResult, exact_target, train_policy  # noqa: E402
-from .plots import (plot_mara_crossover, plot_pass_at_k, plot_policy_bars,  # noqa: E402
+from .plots import (plot_gradient_strength, plot_mara_crossover, plot_pass_at_k, plot_policy_bars,  # noqa: E402
                     plot_targets_vs_beta, plot_training)
+from .strength import gradient_strength  # noqa: E402
 from .widgets import explorer, explorer_figure  # noqa: E402

@@ -16,7 +16,8 @@ from .mara import crossover_beta, mara_target
 from .metrics import pass_at_k
 from .targets import optimal_policy
 from .style import (DIVERGENCE_COLORS, DIVERGENCE_LABELS, REFERENCE_COLOR, REFERENCE_LINE, SPARE_COLORS,
-                    distinct_colors, legend_outside, series_colors)
+                    distinct_colors, legend_outside, series_colors, shade)
+from .strength import grad_share, gradient_strength
 from .train import TrainResult, regularizer_divergence
 
 _ARM_COLORMAP = colormaps["cividis"]  # arms are no divergences: a sequential map, apart from COLORS
@@ -184,4 +185,37 @@ def plot_mara_crossover(rewards, reference, arm1: int, arm2: int, betas=None,
     ax.set_title(f"two good modes under {DIVERGENCE_LABELS[divergence]}")
     ax.grid(alpha=0.3)
     legend_outside(ax, fontsize=8)
+    return fig
+
+
+def plot_gradient_strength(bandit, divergences=DIVERGENCES, etas=(0.00125, 0.01, 0.1, 1.0), share_divergence: str = "js",
+                           alpha: float = 0.5) -> Figure:
+    """Left: the size of each divergence's gradient on the logits (beta = 1) and of RL's pull, as the
+    policy collapses from pi_ref onto one correct arm, against the drift KL(pi_ref || pi). Right: the
+    exact ``dph_grad_share`` of ``share_divergence`` at each ``eta`` (strength.py)."""
+    strength = gradient_strength(bandit, divergences, alpha)
+    drift = strength["drift"]
+    fig = Figure(figsize=(10.5, 3.8), layout="constrained")
+    ax_norm, ax_share = fig.subplots(1, 2)
+    moved = slice(1, None)  # every divergence's gradient is exactly 0 at pi_ref: off a log axis
+    ax_norm.semilogy(drift[moved], strength["reward"][moved], color=SPARE_COLORS[2], lw=2.5, label="RL's pull ‖∇E[R]‖")
+    for name in divergences:
+        ax_norm.semilogy(drift[moved], strength[name][moved], color=DIVERGENCE_COLORS[name],
+                         label=f"‖∇D‖, {DIVERGENCE_LABELS[name]}")
+    ax_norm.set_xlabel("drift KL(π_ref ‖ π) (nats)")
+    ax_norm.set_ylabel("gradient norm on the logits")
+    ax_norm.set_title("every divergence's pull is 0 at π_ref and grows with drift", fontsize=10)
+    ax_norm.grid(alpha=0.3)
+    legend_outside(ax_norm, where="below", ncol=3, fontsize=8)
+    base = DIVERGENCE_COLORS[share_divergence]
+    shades = [shade(base, amount) for amount in np.linspace(0.55, -0.35, len(etas))]
+    for eta, color in zip(etas, shades):
+        ax_share.plot(drift, 100 * grad_share(strength, share_divergence, eta), color=color, label=f"η = {eta:g}")
+    ax_share.axhline(50, color="k", lw=0.8, ls=":")
+    ax_share.set_xlabel("drift KL(π_ref ‖ π) (nats)")
+    ax_share.set_ylabel(f"{DIVERGENCE_LABELS[share_divergence]} share of the gradient (%)")
+    ax_share.set_ylim(-2, 102)
+    ax_share.set_title("η·‖∇D‖ / (‖∇E[R]‖ + η·‖∇D‖)", fontsize=10)
+    ax_share.grid(alpha=0.3)
+    legend_outside(ax_share)
     return fig
