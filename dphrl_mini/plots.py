@@ -276,3 +276,56 @@ class LivePlot:
         else:
             self.handle.update(fig)
         plt.close(fig)
+
+
+SHARE_KEYS = ("dph_update_share", "kl_update_share")
+"""The regularizer's share of each optimizer update (``shares.py``): DPH's for DPH runs, the KL penalty's for RKL."""
+
+
+def mean_update_share(run_folder: str | Path) -> float | None:
+    """A run's mean share of the update made by its regularizer (``SHARE_KEYS``) over all steps, or None
+    when its ``metrics.jsonl`` logs none (GRPO, DAPO, runs made before the shares were logged)."""
+    path = Path(run_folder) / "metrics.jsonl"
+    history = load_history(path) if path.exists() else []
+    values = [m[k] for m in history for k in SHARE_KEYS if k in m]
+    return float(np.mean(values)) if values else None
+
+
+def plot_share_sweep(rows: list[dict], folder: str | Path, split: str = "test", k: int = 64) -> plt.Figure:
+    """Pass@1 and Pass@k against how much of each update the regularizer made: every variant of a
+    ``compare`` output (``rows``, per seed, and its ``folder``; mean over seeds), one line per method family
+    (the DPH eta sweep, the RKL beta sweep); the base model and the runs without a logged share as
+    horizontal lines."""
+    folder = Path(folder)
+    rows = [r for r in rows if r["split"] == split]
+    points: dict[str, list[tuple[float, float, float, str]]] = {}  # family -> (share, pass@1, pass@k, method)
+    flat: dict[str, tuple[float, float]] = {}
+    for method in dict.fromkeys(r["method"] for r in rows):
+        mine = [r for r in rows if r["method"] == method]
+        scores = (np.mean([r["pass@1"] for r in mine]), np.mean([r[f"pass@{k}"] for r in mine]))
+        shares = [mean_update_share(folder / method / f"seed{r['seed']}") for r in mine]
+        if any(s is None for s in shares):
+            flat[method] = scores
+            continue
+        points.setdefault(sweep_family(method), []).append((float(np.mean(shares)), *scores, method))
+    fig, axes = plt.subplots(1, 2, figsize=(10.5, 4.0), layout="constrained")
+    colors = variant_colors([*flat, *points])
+    for ax, column, metric in zip(axes, (1, 2), ("pass@1", f"pass@{k}")):
+        for method, scores in flat.items():
+            style = BASE_LINE if method == "base" else dict(color=colors[method], linestyle=":", lw=1.5)
+            ax.axhline(100 * scores[column - 1], label=display_name(method), **style)
+        for name, members in points.items():
+            members.sort()
+            xs, ys = [m[0] * 100 for m in members], [m[column] * 100 for m in members]
+            ax.semilogx(xs, ys, marker="o", color=colors[name], label=display_name(name))
+            for x, y, member in zip(xs, ys, members):
+                ax.annotate(coefficient_label(member[3]), (x, y), xytext=(4, 4), textcoords="offset points",
+                            fontsize=7, color=colors[name])
+        ax.set_xlabel("regularizer's share of the update (%, mean over the run)")
+        ax.set_ylabel(metric_label(metric))
+        ax.grid(alpha=0.3, which="both")
+    axes[0].set_title(f"{split_name(split)}: how much rehearsal it takes", fontsize=10)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 5), frameon=False)
+    return fig
+

@@ -91,3 +91,29 @@ def test_rkl_logs_kl_shares_and_measuring_keeps_the_update(tmp_path):
     assert "kl_grad_share" not in runs[False][0][0]
     for name, weight in runs[True][1].items():  # two backward passes instead of one: the same update
         torch.testing.assert_close(weight, runs[False][1][name], rtol=1e-4, atol=3e-5)
+
+
+def test_share_sweep_figure_places_each_variant_at_its_logged_share(tmp_path):
+    import json
+
+    from dphrl_mini.plots import mean_update_share, plot_share_sweep
+
+    shares = {"dph_js_eta0.01": 0.02, "dph_js_eta1": 0.3, "rkl_kl_coef0.05": 0.1}
+    rows = []
+    for seed in (0, 1):
+        for method, score in {"base": 0.3, "grpo": 0.4, **shares}.items():
+            rows.append({"method": method, "seed": seed, "split": "test", "pass@1": score, "pass@64": 1 - score})
+            folder = tmp_path / method / f"seed{seed}"
+            folder.mkdir(parents=True)
+            key = "kl_update_share" if method.startswith("rkl") else "dph_update_share"
+            lines = [{"step": 1, "reward_mean": 0.0}] + ([{"step": s, key: shares[method] * s / 2} for s in (1, 3)]
+                                                        if method in shares else [])
+            (folder / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in lines))
+    assert mean_update_share(tmp_path / "dph_js_eta1" / "seed0") == pytest.approx(0.3)
+    assert mean_update_share(tmp_path / "grpo" / "seed0") is None
+    fig = plot_share_sweep(rows, tmp_path)
+    left = fig.axes[0]
+    lines = {line.get_label(): line for line in left.get_lines()}
+    np.testing.assert_allclose(lines["DPH-JS"].get_xdata(), [2.0, 30.0])  # in %, sorted by share
+    np.testing.assert_allclose(lines["RKL"].get_xdata(), [10.0])
+    assert left.get_xscale() == "log" and len(left.get_lines()) == 4  # base, GRPO, the two sweeps
