@@ -115,6 +115,13 @@ def cmd_compare(args) -> None:
     _save_compare_report(rows, Path(args.out), splits, k=max(cfg.eval_ks))
 
 
+REPRODUCIBILITY = (
+    "Tables: mean ± one standard deviation over seeds, in %. Rerun on the same machine with the same thread "
+    "count, the command reproduces every number exactly. On another CPU the base rows repeat exactly, but "
+    "trained runs do not (floating-point sums differ, sampling diverges): expect them within the seed spread, "
+    "and call two methods different only when their 95% intervals (t x std / sqrt(seeds)) do not overlap.\n")
+
+
 def _save_compare_report(rows: list[dict], out: Path, splits: list[str], k: int) -> None:
     """Print the tables; save Pass@k curves, the Pareto front when a coefficient was swept, and the
     table (Markdown) with the command that made them."""
@@ -127,7 +134,7 @@ def _save_compare_report(rows: list[dict], out: Path, splits: list[str], k: int)
     methods, seeds = {r["method"] for r in rows}, {r["seed"] for r in rows}
     swept = len({sweep_family(m) for m in methods}) < len(methods)  # a method ran at several coefficients
     command = "dphrl-mini " + " ".join(sys.argv[1:])
-    report = [f"Regenerate with:\n\n    {command}\n"]
+    report = [f"Regenerate with:\n\n    {command}\n", REPRODUCIBILITY]
     for split in splits:
         table = format_table(rows, split)
         print(f"\n{split}:\n{table}")

@@ -335,9 +335,19 @@ def write_tables(rows: list[dict[str, Any]], out_dir: str | Path) -> None:
     _write_csv(out_dir / "summary.csv", summary)  # label: the name figures and tables show
 
 
-def format_table(rows: list[dict[str, Any]], split: str = "test", columns: Iterable[str] = HEADLINE) -> str:
-    """A Markdown table (mean ± std over seeds) of the aggregated rows for one split, one row per
-    variant under its display name (``style.display_name``)."""
+_T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+
+
+def interval_95(std: float, seeds: int) -> float:
+    """Half-width of the 95% Student-t interval of a mean over ``seeds`` runs with sample std ``std``
+    (two seeds: 12.7 std/sqrt(2); five: 2.78 std/sqrt(5))."""
+    return _T_975.get(seeds - 1, 1.96) * std / np.sqrt(seeds) if seeds > 1 else 0.0
+
+
+def format_table(rows: list[dict[str, Any]], split: str = "test", columns: Iterable[str] = HEADLINE,
+                 interval: str = "std") -> str:
+    """A Markdown table (mean ± std over seeds, or ± the 95% interval with ``interval="ci95"``) of the
+    aggregated rows for one split, one row per variant under its display name (``style.display_name``)."""
     table = [r for r in (aggregate_rows(rows) if rows and "seed" in rows[0] else rows) if r["split"] == split]
     columns = [c for c in columns if table and c in table[0]] + (["kept_frac"] if table and "kept_frac" in table[0] else [])
     lines = ["| method | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
@@ -346,6 +356,7 @@ def format_table(rows: list[dict[str, Any]], split: str = "test", columns: Itera
         for c in columns:
             scale = 1 if c == "distinct_correct" else 100
             std = r.get(f"{c}_std", 0.0)
+            std = interval_95(std, r.get("seeds", 1)) if interval == "ci95" else std
             if np.isnan(r[c]):  # e.g. kept_frac when the base model solved no prompt of the split
                 cells.append("n/a")
                 continue
