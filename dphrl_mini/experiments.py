@@ -159,17 +159,25 @@ def prompt_tiers(config: TrainConfig) -> dict[str, str]:
 def parse_variants(specs: Iterable[str]) -> dict[str, dict[str, Any]]:
     """``compare`` variants from the CLI's spec strings, named as ``dphrl-mini compare`` names them:
     ``"dph_js:eta=2"`` -> ``{"dph_js_eta2": {"method": "dph_js", "eta": 2}}``; ``"+mara"`` after the
-    method switches MARA on (``"rkl+mara:kl_coef=0.05"`` -> ``rkl+mara_kl_coef0.05``)."""
+    method switches MARA on (``"rkl+mara:kl_coef=0.05"`` -> ``rkl+mara_kl_coef0.05``). ``seeds=A-B`` runs
+    that variant on seeds A..B instead of ``compare``'s (``"grpo:seeds=0-4"`` -> ``{"grpo": {"method":
+    "grpo", "seeds": [0, 1, 2, 3, 4]}}``); it is not part of the name."""
     variants: dict[str, dict[str, Any]] = {}
     for spec in specs:
         name, _, rest = spec.partition(":")
         overrides: dict[str, Any] = {"method": name.split("+")[0]}
         if "+mara" in name:
             overrides["mara"] = True
+        named = [name]
         for item in filter(None, rest.split(",")):
             key, _, value = item.partition("=")
+            if key == "seeds":
+                first, _, last = value.partition("-")
+                overrides["seeds"] = list(range(int(first), int(last or first) + 1))
+                continue
             overrides[key] = _parse_value(value)
-        variants[spec.replace(":", "_").replace(",", "_").replace("=", "")] = overrides
+            named.append(f"{key}{value}")
+        variants["_".join(named)] = overrides
     return variants
 
 
@@ -185,7 +193,8 @@ def _parse_value(text: str) -> Any:
 def compare(base_config: TrainConfig, variants: dict[str, dict[str, Any]], seeds: Iterable[int] = (0,),
             out_dir: str | Path = "results/compare", splits: Iterable[str] | None = None,
             reuse: bool = True) -> list[dict[str, Any]]:
-    """Train every variant (config overrides) for every seed on the same data; write the tables.
+    """Train every variant (config overrides) for every seed on the same data; write the tables. A variant
+    whose overrides hold ``seeds`` runs on those seeds instead; the base model is evaluated on every seed.
 
     With ``reuse``, a run whose ``eval_{split}.json`` files already exist is loaded, not re-run, so an
     interrupted sweep continues where it stopped and a stored sweep (``results/``) reloads in
@@ -199,7 +208,11 @@ def compare(base_config: TrainConfig, variants: dict[str, dict[str, Any]], seeds
     splits = resolve_splits(base_config, splits)
     rows: list[dict[str, Any]] = []
     tiers = prompt_tiers(base_config)
-    for seed in seeds:
+    seeds = list(seeds)
+    variant_seeds = {name: overrides.pop("seeds", seeds) for name, overrides in
+                     ((name, dict(overrides)) for name, overrides in variants.items())}
+    variants = {name: {k: v for k, v in overrides.items() if k != "seeds"} for name, overrides in variants.items()}
+    for seed in sorted(set(seeds).union(*variant_seeds.values())):
         base_dir = out_dir / "base" / f"seed{seed}"
         base_cfg = dataclasses.replace(base_config, seed=seed, output_dir=str(base_dir))
         stored = _stored(base_dir, base_cfg, splits) if reuse else []
@@ -210,6 +223,8 @@ def compare(base_config: TrainConfig, variants: dict[str, dict[str, Any]], seeds
         rows += [summary_row("base", seed, s, r, r, ks) for s, r in base.items()]
         rows += difficulty_rows("base", seed, base, base, ks, tiers)
         for name, overrides in variants.items():
+            if seed not in variant_seeds[name]:
+                continue
             run_dir = out_dir / name / f"seed{seed}"
             cfg = dataclasses.replace(base_config, **overrides, seed=seed, output_dir=str(run_dir),
                                       overwrite=base_config.overwrite or not reuse)

@@ -250,3 +250,21 @@ def test_stored_results_of_another_draw_of_a_split_are_refused(tmp_path):
     assert len(json.loads((tmp_path / "eval_test.json").read_text())["ids"]) == config.eval_size
     with pytest.raises(ValueError, match=r"prompt ids.*differ"):
         _stored(tmp_path, config, ["test"])
+
+
+def test_compare_runs_a_variant_on_its_own_seeds_and_the_base_on_all(tmp_path, monkeypatch):
+    from dphrl_mini import experiments
+    from dphrl_mini.config import preset_config
+
+    trained = []
+    fake = lambda: {"test": _result([1, 2, 0], greedy=[True, False, False])}  # noqa: E731
+    monkeypatch.setattr(experiments, "evaluate_base", lambda cfg, splits: fake())
+    monkeypatch.setattr(experiments, "run", lambda cfg, splits: trained.append((cfg.method, cfg.seed)) or {"eval": fake()})
+    monkeypatch.setattr(experiments, "prompt_tiers", lambda cfg: {})
+    variants = experiments.parse_variants(["grpo:seeds=0-2", "dph_js"])
+    assert list(variants) == ["grpo", "dph_js"] and variants["grpo"]["seeds"] == [0, 1, 2]
+    rows = experiments.compare(preset_config("tiny-cpu"), variants, seeds=[0], out_dir=tmp_path, splits=["test"],
+                               reuse=False)
+    assert trained == [("grpo", 0), ("dph_js", 0), ("grpo", 1), ("grpo", 2)]
+    assert sorted({r["seed"] for r in rows if r["method"] == "base"}) == [0, 1, 2]
+    assert variants["grpo"]["seeds"] == [0, 1, 2]  # the caller's dict is left as it was
