@@ -129,7 +129,8 @@ def _save_compare_report(rows: list[dict], out: Path, splits: list[str], k: int)
 
     matplotlib.use("Agg")
     from .experiments import format_table
-    from .plots import load_results, plot_pareto, plot_pass_at_k_curves, sweep_family
+    from .plots import (load_results, mean_update_share, plot_pareto, plot_pass_at_k_curves, plot_share_sweep,
+                        sweep_family)
 
     methods, seeds = {r["method"] for r in rows}, {r["seed"] for r in rows}
     swept = len({sweep_family(m) for m in methods}) < len(methods)  # a method ran at several coefficients
@@ -153,6 +154,11 @@ def _save_compare_report(rows: list[dict], out: Path, splits: list[str], k: int)
             fig = plot_pareto(rows, x="pass@1", y=f"pass@{k}", split=split, task=task)
             fig.savefig(out / f"pareto_{split}.png", dpi=120, bbox_inches="tight")
             report.append(f"Pareto front: `pareto_{split}.png`.\n")
+            if any(mean_update_share(out / m / f"seed{s}") is not None for m in methods for s in seeds):
+                fig = plot_share_sweep([r for r in rows if r["split"] == split], out, split=split, k=k)
+                fig.savefig(out / f"share_sweep_{split}.png", dpi=120, bbox_inches="tight")
+                report.append(f"Pass@1 and Pass@{k} against the regularizer's measured share of the update: "
+                              f"`share_sweep_{split}.png`.\n")
     (out / "RESULTS.md").write_text("\n".join(report))
 
 
