@@ -303,13 +303,14 @@ def plot_share_sweep(rows: list[dict], folder: str | Path, split: str = "test", 
     for method in dict.fromkeys(r["method"] for r in rows):
         mine = [r for r in rows if r["method"] == method]
         scores = (np.mean([r["pass@1"] for r in mine]), np.mean([r[f"pass@{k}"] for r in mine]))
-        shares = [mean_update_share(folder / method / f"seed{r['seed']}") for r in mine]
-        if any(s is None for s in shares):
+        shares = [s for r in mine if (s := mean_update_share(folder / method / f"seed{r['seed']}")) is not None]
+        if not shares:
             flat[method] = scores
             continue
         points.setdefault(sweep_family(method), []).append((float(np.mean(shares)), *scores, method))
-    fig, axes = plt.subplots(1, 2, figsize=(10.5, 4.0), layout="constrained")
+    fig, axes = plt.subplots(1, 2, figsize=(10.5, 4.2), layout="constrained")
     colors = variant_colors([*flat, *points])
+    labels: list[list] = [[], []]  # per axes: (xy, text, colour) of each swept point
     for ax, column, metric in zip(axes, (1, 2), ("pass@1", f"pass@{k}")):
         for method, scores in flat.items():
             style = BASE_LINE if method == "base" else dict(color=colors[method], linestyle=":", lw=1.5)
@@ -318,14 +319,15 @@ def plot_share_sweep(rows: list[dict], folder: str | Path, split: str = "test", 
             members.sort()
             xs, ys = [m[0] * 100 for m in members], [m[column] * 100 for m in members]
             ax.semilogx(xs, ys, marker="o", color=colors[name], label=display_name(name))
-            for x, y, member in zip(xs, ys, members):
-                ax.annotate(coefficient_label(member[3]), (x, y), xytext=(4, 4), textcoords="offset points",
-                            fontsize=7, color=colors[name])
+            labels[column - 1] += [((x, y), coefficient_label(m[3]), colors[name]) for x, y, m in zip(xs, ys, members)]
         ax.set_xlabel("regularizer's share of the update (%, mean over the run)")
         ax.set_ylabel(metric_label(metric))
         ax.grid(alpha=0.3, which="both")
+        ax.margins(0.1)
     axes[0].set_title(f"{split_name(split)}: how much rehearsal it takes", fontsize=10)
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 5), frameon=False)
+    handles, names = axes[0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="outside lower center", ncol=min(len(names), 5), frameon=False)
+    for ax, spots in zip(axes, labels):
+        place_labels(ax, [p for p, _, _ in spots], [t for _, t, _ in spots], [c for _, _, c in spots], fontsize=7)
     return fig
 
