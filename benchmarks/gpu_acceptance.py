@@ -223,8 +223,8 @@ def run_notebook(path: Path, model_dir: Path, overrides: dict, workdir: Path, ti
     from nbclient import NotebookClient
 
     notebook = nbformat.read(path, as_version=4)
-    first = next(i for i, cell in enumerate(notebook.cells) if cell.cell_type == "code")
-    notebook.cells.insert(first + 1, nbformat.v4.new_code_cell(f"RUN.update({overrides!r})  # gpu_acceptance"))
+    parameters = next(i for i, cell in enumerate(notebook.cells) if cell.cell_type == "code" and "RUN = " in cell.source)
+    notebook.cells.insert(parameters + 1, nbformat.v4.new_code_cell(f"RUN.update({overrides!r})  # gpu_acceptance"))
     os.environ.update(DPHRL_SMALL="1", DPHRL_MODEL=str(model_dir), MPLBACKEND="Agg")
     workdir.mkdir(parents=True, exist_ok=True)
     NotebookClient(notebook, timeout=timeout, kernel_name="python3",
