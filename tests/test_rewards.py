@@ -40,9 +40,9 @@ def test_one_raising_completion_scores_zero_others_keep_reward(caplog):
     assert all("ZeroDivisionError" in r.getMessage() for r in logged)
 
 
-def test_non_finite_none_and_strings_are_errors():
+def test_non_finite_and_strings_are_errors_none_is_no_reward():
     rewards, errors = score_completions([garbage], ["p"] * 5, ["a", "b", "c", "d", "e"], {})
-    assert rewards.tolist() == [0.0, 0.0, 0.0, 0.0, 2.0] and errors == 4
+    assert math.isnan(rewards[0]) and rewards[1:].tolist() == [0.0, 0.0, 0.0, 2.0] and errors == 3
 
 
 def test_wrong_length_result_falls_back_per_completion():
@@ -70,11 +70,11 @@ def test_failures_are_reported_by_function_name():
     def fine(prompts, completions, **_):
         return [1.0] * len(completions)
 
-    def always_none(prompts, completions, **_):
-        return [None] * len(completions)
+    def always_text(prompts, completions, **_):
+        return ["1"] * len(completions)
 
     failures: dict = {}
-    rewards, n_errors = score_completions([fine, always_none], ["p"] * 3, ["a", "b", "c"], {}, failures=failures)
+    rewards, n_errors = score_completions([fine, always_text], ["p"] * 3, ["a", "b", "c"], {}, failures=failures)
     assert list(rewards) == [1.0] * 3 and n_errors == 3
-    assert list(failures) == ["test_failures_are_reported_by_function_name.<locals>.always_none"]
-    assert failures[list(failures)[0]] == ["RewardError: reward None is not a number"] * 3
+    assert list(failures) == ["test_failures_are_reported_by_function_name.<locals>.always_text"]
+    assert failures[list(failures)[0]] == ["RewardError: reward '1' is not a number"] * 3
