@@ -351,7 +351,7 @@ class Trainer:
         scored = group_rewards[~group_rewards.isnan()]  # unscorable completions left out, as in TRL
         metrics = {
             "step": self.step_index,
-            "reward_mean": float(scored.mean()), "reward_std": float(scored.std()),
+            "reward_mean": float(scored.mean()), "reward_std": float(scored.std()) if scored.numel() > 1 else 0.0,
             "solve_rate": float(self.verifier.is_correct(group_rewards.numpy()).any(1).mean()),
             "augmented_reward_mean": float(rewards.nanmean()),
             **{k: float(np.mean(v)) if v else 0.0 for k, v in stats.items()},

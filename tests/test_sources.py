@@ -4,6 +4,7 @@ and the Verifier driving presample, training and evaluation alike."""
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -296,12 +297,16 @@ def test_none_rewards_are_no_reward_in_training(tmp_path):
     """TRL's None: not an error; an unscorable completion gets advantage 0 and stays out of reward_mean."""
     from dphrl_mini.trainer import Trainer
 
-    def half_none(prompts, completions, **_):
-        return [None if i % 2 else 1.0 for i in range(len(completions))]
+    def none_on_odd_length(prompts, completions, **_):
+        return [None if len(c) % 2 else 1.0 for c in completions]
 
-    cfg = config(tmp_path, dataset=str(write_jsonl(tmp_path / "d.jsonl", ROWS)), method="grpo", steps=2)
-    history = Trainer(cfg, reward_fns=[half_none]).train()
-    assert [m["reward_errors"] for m in history] == [0, 0] and [m["reward_mean"] for m in history] == [1.0, 1.0]
+    cfg = config(tmp_path, dataset=str(write_jsonl(tmp_path / "d.jsonl", ROWS)), method="grpo", steps=2,
+                 num_generations=4)
+    history = Trainer(cfg, reward_fns=[none_on_odd_length]).train()
+    samples = [json.loads(line) for line in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()]
+    assert {s["reward"] for s in samples} == {None, 1.0}  # some of each, as logged
+    assert [m["reward_errors"] for m in history] == [0, 0]
+    assert all(m["reward_mean"] == 1.0 or math.isnan(m["reward_mean"]) for m in history)
 
 
 def test_trl_accuracy_reward_in_training_on_chat_prompts(tmp_path):
