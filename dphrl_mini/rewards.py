@@ -12,8 +12,10 @@ Every reward function is called by keyword, exactly as TRL 1.16's ``GRPOTrainer`
 * ``completions``: the texts; for chat prompts ``[{"role": "assistant", "content": text}]``, as in TRL;
 * ``completion_ids``: each completion's token ids (its EOS included when it ended with one);
 * ``trainer_state``: a ``RewardState`` (``global_step``, ``max_steps``), for rewards that change with training;
-* ``log_extra(column, values)``: one value per completion, written beside each step's completion samples
-  (``samples.jsonl`` of a run); ``log_metric(name, value)``: a number, averaged per step into ``metrics.jsonl``;
+* ``log_extra(column, values)``: one value per completion, written beside the completions of each training
+  step's first prompt group (``samples.jsonl`` of a run); ``log_metric(name, value)``: a number, averaged per
+  step into ``metrics.jsonl`` (a name the step already logs gets ``reward/``); both are accepted and not
+  kept while pre-sampling and evaluating;
 * every dataset column (but ``id``), one value per completion.
 
 An ``async def`` reward is awaited on one background event loop (TRL also runs them on a loop of their own;
