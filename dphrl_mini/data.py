@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import random
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,13 +28,13 @@ import torch
 
 from .checkpoint import atomic_write, sha256_file
 from .packing import packed_logps
-from .rewards import Verifier, as_verifier
+from .rewards import NOT_REWARD_COLUMNS, RewardState, Verifier, as_verifier
 from .rollout import generate, sequence_logps
 
 
 def reward_columns(rows: list[dict], repeat: int = 1) -> dict[str, list]:
-    """Task columns (everything but id/prompt) as lists aligned with ``repeat`` completions per row."""
-    keys = [k for k in rows[0] if k not in ("id", "prompt")] if rows else []
+    """Dataset columns (all but ``NOT_REWARD_COLUMNS``) as lists aligned with ``repeat`` completions per row."""
+    keys = [k for k in rows[0] if k not in NOT_REWARD_COLUMNS] if rows else []
     return {k: [row[k] for row in rows for _ in range(repeat)] for k in keys}
 
 
@@ -161,10 +162,14 @@ def presample(model, tokenizer, rows: list[dict], verifier: Verifier, *, k: int 
               keep: str = "one", fingerprint: str = "", max_new_tokens: int = 32,
               temperature: float = 1.0, top_p: float = 1.0, batch_size: int = 512, seed: int = 0,
               prompts: list[str] | None = None, progress: bool = True, packed: bool = True,
-              add_special_tokens: bool = True) -> PresampleResult:
+              add_special_tokens: bool = True, trainer_state: RewardState | None = None) -> PresampleResult:
     """Sample ``k`` completions per row from the (initial) ``model`` and split the rows.
 
-    ``verifier`` scores them (a built-in task module also works: ``rewards.as_verifier``).
+    ``verifier`` scores them (a built-in task module also works: ``rewards.as_verifier``), with TRL's
+    keywords (``rewards``; ``trainer_state`` defaults to step 0). A sample counts as correct only if it
+    ended in EOS within ``max_new_tokens``: presample prints how many did not, and says so when every
+    sample of a prompt hit the limit. A reward function that fails on every sample, or rewards that are
+    None for every sample, are an error (``ValueError``) with the first exception's message.
     ``prompts`` overrides the text fed to the model (e.g. chat-templated, then with
     ``add_special_tokens=False``); defaults to row["prompt"]. Rewards always see row["prompt"].
     Reference log-probs are recomputed with the trainer's own forward (``packing.packed_logps``, or
@@ -179,9 +184,13 @@ def presample(model, tokenizer, rows: list[dict], verifier: Verifier, *, k: int 
     rollout = generate(model, tokenizer, prompts, num_generations=k, max_new_tokens=max_new_tokens,
                        temperature=temperature, top_p=top_p, batch_size=batch_size,
                        generator=generator, progress=progress, add_special_tokens=add_special_tokens)
+    failures: dict[str, list[str]] = {}
     rewards, _ = verifier.score([r["prompt"] for r in rows for _ in range(k)], rollout.completions,
-                                reward_columns(rows, k))
+                                reward_columns(rows, k), failures=failures,
+                                completion_ids=rollout.completion_id_lists(), trainer_state=trainer_state)
+    check_scored(rewards, failures)
     is_correct = verifier.is_correct(rewards)
+    report_truncation(rollout.truncated.tolist(), is_correct.tolist(), k, max_new_tokens)
     rng = random.Random(seed)
     pass_rates, exploration, near_perfect, chosen = {}, [], [], []
     for i, row in enumerate(rows):
@@ -206,6 +215,34 @@ def presample(model, tokenizer, rows: list[dict], verifier: Verifier, *, k: int 
                                 fingerprint, temperature, batch_size, packed)
     store.meta.update(k=k, threshold=threshold, keep=keep, temperature=temperature)
     return PresampleResult(pass_rates, exploration, near_perfect, store, k, threshold)
+
+
+def check_scored(rewards, failures: dict[str, list[str]]) -> None:
+    """Raise ``ValueError`` when a reward function failed on every sample, or no sample has a reward:
+    a split (and a reference store) made from such rewards would be empty, not wrong-looking."""
+    n = len(rewards)
+    for name, errors in failures.items():
+        if len(errors) == n:
+            raise ValueError(f"reward function `{name}` failed on all {n} pre-samples, so none can be judged; "
+                             f"its first error: {errors[0]}")
+    if n and all(r != r for r in rewards):  # NaN: every function returned None
+        raise ValueError(f"every reward function returned None (no reward) for all {n} pre-samples, so none "
+                         "can be judged correct; check the columns the rewards read")
+
+
+def report_truncation(truncated: list[bool], correct: list[bool], k: int, max_new_tokens: int) -> None:
+    """Print how many samples were dropped for not ending in EOS, and how many prompts had no sample that did."""
+    n_cut = sum(truncated)
+    if not n_cut:
+        return
+    n_correct = sum(c for c, t in zip(correct, truncated) if t)
+    print(f"presample: dropped {n_cut} of {len(truncated)} samples that did not end in EOS within "
+          f"max_new_tokens={max_new_tokens} ({n_correct} of them scored as correct); a reference answer must "
+          "be complete", file=sys.stderr)
+    all_cut = sum(all(truncated[i:i + k]) for i in range(0, len(truncated), k))
+    if all_cut:
+        print(f"presample: every sample of {all_cut} of {len(truncated) // k} prompts hit the token limit "
+              f"(max_new_tokens={max_new_tokens}): raise --max-new-tokens (max_new_tokens)", file=sys.stderr)
 
 
 @torch.no_grad()

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from .data import reward_columns
-from .rewards import Verifier, as_verifier
+from .rewards import RewardState, Verifier, as_verifier
 from .rollout import generate
 
 
@@ -130,11 +130,13 @@ class EvalResult:
 def evaluate(model, tokenizer, rows: list[dict], verifier: Verifier, n: int = 64, ks: list[int] | None = None,
              max_new_tokens: int = 32, temperature: float = 1.0, top_p: float = 1.0,
              batch_size: int = 512, seed: int = 0, greedy: bool = True, progress: bool = True, *,
-             split: str = "", prompts: list[str] | None = None, add_special_tokens: bool = True) -> EvalResult:
+             split: str = "", prompts: list[str] | None = None, add_special_tokens: bool = True,
+             trainer_state: RewardState | None = None) -> EvalResult:
     """Sample ``n`` completions per row (seeded), score them with ``verifier`` (a built-in task module
     also works: ``rewards.as_verifier``), and, if ``greedy``, score one greedy completion per row.
     ``prompts`` overrides the text fed to the model (e.g. chat-templated, then with
-    ``add_special_tokens=False``); rewards always see ``row["prompt"]`` and the row's columns.
+    ``add_special_tokens=False``); rewards always see ``row["prompt"]`` and the row's columns, with TRL's
+    keywords (``rewards``; ``trainer_state`` defaults to step 0).
     ``ks`` become the result's default k (those above n are dropped by ``summary``).
     """
     verifier = as_verifier(verifier)
@@ -147,7 +149,8 @@ def evaluate(model, tokenizer, rows: list[dict], verifier: Verifier, n: int = 64
     rollout = generate(model, tokenizer, model_prompts, num_generations=n, temperature=temperature, top_p=top_p,
                        generator=generator, **sampling)
     rewards, errors = verifier.score([p for p in task_prompts for _ in range(n)], rollout.completions,
-                                     reward_columns(rows, n))
+                                     reward_columns(rows, n), completion_ids=rollout.completion_id_lists(),
+                                     trainer_state=trainer_state)
     correct = verifier.is_correct(rewards).reshape(len(rows), n)  # (n_prompts, n)
     distinct_keys = []
     for i in range(len(rows)):
@@ -156,7 +159,9 @@ def evaluate(model, tokenizer, rows: list[dict], verifier: Verifier, n: int = 64
     greedy_correct: list[bool] = []
     if greedy:
         best = generate(model, tokenizer, model_prompts, greedy=True, **sampling)
-        greedy_rewards, greedy_errors = verifier.score(task_prompts, best.completions, reward_columns(rows, 1))
+        greedy_rewards, greedy_errors = verifier.score(task_prompts, best.completions, reward_columns(rows, 1),
+                                                       completion_ids=best.completion_id_lists(),
+                                                       trainer_state=trainer_state)
         greedy_correct = verifier.is_correct(greedy_rewards).tolist()
         errors += int(greedy_errors)
     return EvalResult(task=verifier.name, split=split, ids=[row["id"] for row in rows], n=n,

@@ -56,11 +56,22 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale_by_std: bool 
 
     ``rewards`` (N,) holds consecutive groups of ``group_size`` rows (prompt i occupies rows
     i*G..(i+1)*G-1, as ``rollout.generate`` returns them). std is the unbiased sample std, as in
-    verl and TRL; ``scale_by_std=False`` gives Dr. GRPO's mean-centred rewards.
+    verl and TRL; ``scale_by_std=False`` gives Dr. GRPO's mean-centred rewards. A NaN reward (an
+    unscorable completion: every reward function returned None) is left out of its group's mean and
+    std and gets advantage 0, as in TRL.
     """
     if group_size < 1 or rewards.numel() % group_size != 0:
         raise ValueError(f"group_size={group_size!r} must be >= 1 and divide {rewards.numel()} rewards")
     grouped = rewards.float().reshape(-1, group_size)  # (N/G, G)
+    if grouped.isnan().any():
+        scored = ~grouped.isnan()  # (N/G, G)
+        mean = grouped.nanmean(dim=1, keepdim=True)  # (N/G, 1)
+        advantages = grouped - mean
+        if scale_by_std and group_size > 1:
+            count = scored.sum(dim=1, keepdim=True).clamp(min=2)
+            std = (advantages.nan_to_num(0.0).square().sum(dim=1, keepdim=True) / (count - 1)).sqrt()
+            advantages = advantages / (std + eps)
+        return advantages.nan_to_num(0.0).reshape(-1)  # (N,)
     advantages = grouped - grouped.mean(dim=1, keepdim=True)  # (N/G, G)
     if scale_by_std and group_size > 1:
         advantages = advantages / (grouped.std(dim=1, keepdim=True) + eps)  # (N/G, G)

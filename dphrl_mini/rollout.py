@@ -43,6 +43,11 @@ class Rollout:
     prompt_index: torch.Tensor      # (B,) long; rows grouped: prompt i occupies rows i*G..(i+1)*G-1
     truncated: torch.Tensor         # (B,) bool, no stop token within max_new_tokens
 
+    def completion_id_lists(self) -> list[list[int]]:
+        """Each completion's token ids without padding (its stop token included), TRL's ``completion_ids``."""
+        lengths = self.completion_mask.sum(-1).long().tolist()
+        return [ids[:n] for ids, n in zip(self.completion_ids.tolist(), lengths)]
+
 
 def _pad_token_id(tokenizer) -> int:
     return tokenizer.eos_token_id if tokenizer.pad_token_id is None else tokenizer.pad_token_id

@@ -14,8 +14,9 @@ rows per split and the ``Verifier`` that scores them, whether they come from
   form the split ``"test"``. A test set that shares a prompt with the training set is refused.
 
 Rewards are ``reward_fns=`` or ``TrainConfig.reward`` (``"MODULE:FUNCTION"``, the module an
-importable name or a path to a ``.py`` file), with TRL's signature
-``f(prompts, completions, **kwargs) -> list[float | None]``; without them, the task's own reward.
+importable name or a path to a ``.py`` file), called by keyword as TRL calls them
+(``f(prompts=, completions=, completion_ids=, trainer_state=, log_extra=, log_metric=, **columns)``,
+``rewards``); without them, the task's own reward.
 Distinct solutions are counted with the task's ``solution_key`` when the task's reward is used,
 else on the normalized completion text. Departure from TRL: an ``id`` column (made from the row
 number when absent) identifies rows in the pre-sampling split and is not passed to rewards.
@@ -33,7 +34,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .config import TrainConfig
-from .rewards import Verifier, normalized_text
+from .rewards import NOT_REWARD_COLUMNS, TRL_KEYWORDS, Verifier, normalized_text, positional_only, reward_name
 from .tasks import get_task, validate_rows
 
 FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
@@ -158,23 +159,40 @@ def load_reward(spec: str) -> Callable:
 
 
 def required_columns(fn: Callable) -> list[str]:
-    """Keyword arguments a reward function needs beyond ``prompts`` and ``completions`` (no default)."""
-    params = list(inspect.signature(fn).parameters.values())[2:]
-    return [p.name for p in params if p.default is inspect.Parameter.empty
+    """The dataset columns a reward function needs: its parameters without a default, but for TRL's
+    keywords (``rewards.TRL_KEYWORDS``) and positional-only ones (they get prompts, completions, completion_ids)."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # no readable signature: nothing to check
+        return []
+    return [p.name for p in params if p.default is inspect.Parameter.empty and p.name not in TRL_KEYWORDS
             and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
 
 
 def check_columns(rows: list[dict], verifier: Verifier, name: str) -> None:
-    """Every column a reward function needs is in the rows (if there are any)."""
+    """Every reward function can be called as TRL calls it on these rows (if there are any): each column it
+    needs is there, and it accepts every keyword it is given (it has ``**kwargs``, or names them all)."""
     rows = list(rows)
     if not rows:
         return
-    columns = set(rows[0])
+    columns = [c for c in rows[0] if c not in NOT_REWARD_COLUMNS]
     for fn in verifier.reward_fns:
         missing = [c for c in required_columns(fn) if c not in columns]
         if missing:
-            raise ValueError(f"reward {fn.__name__!r} needs column(s) {missing} that dataset {name!r} lacks "
-                             f"(columns: {sorted(columns)})")
+            raise ValueError(f"reward {reward_name(fn)!r} needs column(s) {missing} that dataset {name!r} lacks "
+                             f"(columns: {sorted(columns)}); reward functions are called by keyword as in TRL: "
+                             f"{', '.join(TRL_KEYWORDS)} and one keyword per column")
+        try:
+            params = inspect.signature(fn).parameters
+        except (TypeError, ValueError):
+            continue
+        if positional_only(fn) > 3:
+            raise ValueError(f"reward {reward_name(fn)!r} has {positional_only(fn)} positional-only parameters; "
+                             "at most 3 (prompts, completions, completion_ids) can be given by position")
+        keywords = [k for k in (*TRL_KEYWORDS[positional_only(fn):], *columns) if k not in params]
+        if keywords and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            raise ValueError(f"reward {reward_name(fn)!r} does not accept the keyword(s) {keywords} it is called "
+                             "with (as in TRL); add **kwargs to its parameters")
 
 
 def make_verifier(cfg: TrainConfig, reward_fns: list[Callable] | None = None) -> Verifier:

@@ -23,7 +23,8 @@ Everything else a long run needs is here too: non-finite steps are skipped (and 
 ``max_nonfinite_steps`` in a row), a reward function that fails on every completion stops the run
 after ``max_reward_error_steps`` steps in a row, atomic checksummed checkpoints with exact resume
 (refused when the config changed the run's mathematics; a checkpoint with non-finite weights is
-never written), one run per output folder (``run.lock``), metrics to ``metrics.jsonl``, periodic
+never written), one run per output folder (``run.lock``), metrics to ``metrics.jsonl`` (with the rewards' ``log_metric``
+values) and each step's first group of completions to ``samples.jsonl`` (with their ``log_extra`` columns), periodic
 evaluation, and ``accelerate launch`` for several processes (DDP).
 """
 
@@ -58,6 +59,7 @@ from .evaluate import EvalResult, evaluate
 from .losses import aggregate, clipped_surrogate, divergence_per_token, group_advantages, kl_penalty_per_token
 from .models import lean_lora, load_policy, model_fingerprint, reference_mode, save_adapter
 from .packing import packed_logps
+from .rewards import RewardLog, RewardState
 from .rollout import Rollout, sequence_logps
 from .shares import UpdateShares, clip_coefficient
 from .sources import task_data
@@ -72,6 +74,14 @@ def _to_device(rollout: Rollout, device) -> Rollout:
     return dataclasses.replace(rollout, **moved)
 
 
+def _mara_scored(rewards: np.ndarray, reference_logps: np.ndarray, beta: float, tau: float) -> np.ndarray:
+    """MARA on one group's scored completions; unscorable ones (NaN reward) stay NaN."""
+    out, scored = rewards.copy(), ~np.isnan(rewards)
+    if scored.any():
+        out[scored] = mara_rewards(rewards[scored], reference_logps[scored], beta, tau)
+    return out
+
+
 class NonFiniteError(RuntimeError):
     """Raised after ``max_nonfinite_steps`` consecutive steps with a non-finite loss or gradient, or
     when the weights themselves are no longer finite (no checkpoint is written then)."""
@@ -82,7 +92,7 @@ class RewardFunctionError(ValueError):
     every completion: such a run would train on nothing."""
 
 
-RUN_FILES = ("config.yaml", "metrics.jsonl", "evals.jsonl", "presample.json", "reference_store.pt",
+RUN_FILES = ("config.yaml", "metrics.jsonl", "evals.jsonl", "samples.jsonl", "presample.json", "reference_store.pt",
              "reference_store.pt.sha256", "adapter", "eval_*.json", "checkpoint-*", ".checkpoint-*")
 """What a run writes in its output_dir (globs); ``overwrite=True`` deletes these and nothing else."""
 
@@ -300,9 +310,11 @@ class Trainer:
         rollout = _to_device(rollout, self.device)
         t_rollout = time.perf_counter() - t0
         failures: dict[str, list[str]] = {}
+        reward_prompts, reward_log = [r["prompt"] for r in rows for _ in range(G)], RewardLog()
         raw_rewards, reward_errors = self.verifier.score(  # rewards see the dataset's prompts, as in TRL
-            [r["prompt"] for r in rows for _ in range(G)], rollout.completions, reward_columns(rows, G),
-            fail_fast=cfg.fail_fast, failures=failures)
+            reward_prompts, rollout.completions, reward_columns(rows, G), fail_fast=cfg.fail_fast, failures=failures,
+            completion_ids=rollout.completion_id_lists(), trainer_state=RewardState(self.step_index, cfg.steps),
+            log=reward_log)  # NaN: every reward None (unscorable), advantage 0
         failed_everywhere = {name: errors[0] for name, errors in failures.items() if len(errors) == len(raw_rewards)}
         self.reward_failure_streak = {name: self.reward_failure_streak.get(name, 0) + 1 for name in failed_everywhere}
         rewards = torch.tensor(raw_rewards, dtype=torch.float32, device=self.device)  # (B,)
@@ -314,7 +326,7 @@ class Trainer:
                 reference_logps = self._no_grad_logps(rollout)  # (B, T)
         if cfg.mara:  # MARA Algorithm 1 per prompt group, sequence log-probs under pi_ref; beta = kl_coef
             seq_ref = (reference_logps * mask).sum(-1).view(-1, G).cpu().numpy()
-            augmented = [mara_rewards(r, s, cfg.method_kl_coef(), cfg.mara_tau) for r, s in
+            augmented = [_mara_scored(r, s, cfg.method_kl_coef(), cfg.mara_tau) for r, s in
                          zip(rewards.view(-1, G).cpu().numpy(), seq_ref)]
             rewards = torch.tensor(np.concatenate(augmented), dtype=torch.float32, device=self.device)
         advantages = group_advantages(rewards, G, scale_by_std=cfg.scale_advantages_by_std)  # (B,)
@@ -336,11 +348,12 @@ class Trainer:
         self.nonfinite_in_a_row = self.nonfinite_in_a_row + 1 if skipped else 0
 
         group_rewards = torch.tensor(raw_rewards).view(-1, G)
+        scored = group_rewards[~group_rewards.isnan()]  # unscorable completions left out, as in TRL
         metrics = {
             "step": self.step_index,
-            "reward_mean": float(group_rewards.mean()), "reward_std": float(group_rewards.std()),
+            "reward_mean": float(scored.mean()), "reward_std": float(scored.std()) if scored.numel() > 1 else 0.0,
             "solve_rate": float(self.verifier.is_correct(group_rewards.numpy()).any(1).mean()),
-            "augmented_reward_mean": float(rewards.mean()),
+            "augmented_reward_mean": float(rewards.nanmean()),
             **{k: float(np.mean(v)) if v else 0.0 for k, v in stats.items()},
             "completion_length": float(mask.sum(-1).mean()),
             "truncated_frac": float(rollout.truncated.float().mean()),
@@ -350,12 +363,16 @@ class Trainer:
             "time_rollout": t_rollout, "time_update": time.perf_counter() - t1,
             "time_step": time.perf_counter() - t0,
         }
+        metrics.update({name if name not in metrics else f"reward/{name}": value  # the rewards' log_metric
+                        for name, value in reward_log.metric_means().items()})
         self.history.append(metrics)
         if cfg.report_to != "none":
             acc.log(metrics, step=self.step_index)
         if acc.is_main_process:
             with open(self.output_dir / "metrics.jsonl", "a") as handle:
                 handle.write(json.dumps(metrics) + "\n")
+            reward_log.write_samples(self.output_dir / "samples.jsonl", self.step_index, reward_prompts,
+                                     rollout.completions, raw_rewards, range(G))  # the first group, with log_extra
         for callback in self.callbacks:
             callback(metrics)
         for name, streak in self.reward_failure_streak.items():  # the step is logged first
@@ -487,7 +504,8 @@ class Trainer:
         kwargs = dict(n=n or cfg.eval_n, ks=cfg.eval_ks, max_new_tokens=max_new_tokens or cfg.max_new_tokens,
                       temperature=cfg.temperature, top_p=cfg.top_p, batch_size=cfg.generation_batch_size,
                       seed=cfg.seed + 17, progress=cfg.progress and self.accelerator.is_main_process,
-                      split=split, prompts=[self.prompt_text(r) for r in rows], add_special_tokens=not self.templated)
+                      split=split, prompts=[self.prompt_text(r) for r in rows], add_special_tokens=not self.templated,
+                      trainer_state=RewardState(self.step_index, cfg.steps))
         with self.engine.sampling_model(adapters=not base) as model:  # base: adapters off
             return evaluate(model, self.tokenizer, rows, self._eval_verifiers.get(split, self.verifier), **kwargs)
 

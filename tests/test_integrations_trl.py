@@ -4,6 +4,7 @@ term against a hand computation, and (slow) rehearsal keeping stored sequences n
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import sys
 from pathlib import Path
@@ -141,6 +142,42 @@ def test_store_from_chat_messages_passes_messages_to_rewards(tokenizer, dataset,
     assert seen[0][0] == [{"role": "user", "content": dataset[0]["prompt"]}]
     assert seen[0][1][0]["role"] == "assistant"
     assert from_messages.completion_ids == store.completion_ids and from_messages.meta == store.meta
+
+
+def trl_countdown(completions, numbers, target, **kwargs):  # TRL's documented form: completions first, **kwargs
+    return countdown.reward(kwargs["prompts"], completions, numbers, target)
+
+
+def test_store_with_a_trl_signature_reward_is_the_built_in_rewards(tokenizer, dataset, store):
+    assert len(store) > 0
+    assert build_reference_store(load_model(), tokenizer, dataset, trl_countdown, **STORE).completion_ids == \
+        store.completion_ids
+
+
+def test_store_refuses_a_reward_that_fails_on_every_sample(tokenizer, dataset):
+    def offline_judge(prompts, completions, **kwargs):
+        raise ConnectionError("judge offline")
+
+    with pytest.raises(ValueError, match="`.*offline_judge` failed on all 64 pre-samples.*ConnectionError: judge offline"):
+        build_reference_store(load_model(), tokenizer, dataset, offline_judge, **STORE)
+
+
+def test_store_with_trl_accuracy_reward_on_chat_messages(tokenizer, dataset):
+    accuracy_reward = pytest.importorskip("trl.rewards").accuracy_reward
+    pytest.importorskip("math_verify")
+    chat = AutoTokenizer.from_pretrained(TINY)
+    chat.chat_template = "{{ bos_token }}{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    messages = Dataset.from_list([{"prompt": [{"role": "user", "content": row["prompt"]}], "solution": str(row["target"])}
+                                  for row in dataset])
+    scores = []
+
+    @functools.wraps(accuracy_reward)
+    def spy(*args, **kwargs):
+        scores.extend(accuracy_reward(*args, **kwargs))
+        return scores[-len(kwargs["completions"]):]
+
+    result = build_reference_store(load_model(), chat, messages, spy, **STORE)
+    assert len(scores) == 64 and set(scores) <= {0.0, 1.0} and len(result.meta["pass_rates"]) == 16
 
 
 def test_bad_arguments_fail_before_training(tmp_path, tokenizer, dataset, store):

@@ -46,6 +46,19 @@ def test_group_advantages_identical_rewards_and_no_std():
         group_advantages(rewards, group_size=4)
 
 
+
+def test_group_advantages_leave_unscorable_completions_out_as_trl():
+    """NaN = every reward function returned None: out of the group's mean and std, advantage 0."""
+    nan = float("nan")
+    rewards = torch.tensor([1.0, nan, 0.0, 1.0, nan, nan, nan, 1.0])
+    got = group_advantages(rewards, group_size=4)
+    expected = group_advantages(torch.tensor([1.0, 0.0, 1.0]), group_size=3)
+    assert torch.allclose(got[[0, 2, 3]], expected) and got[1] == 0
+    assert torch.equal(got[4:], torch.zeros(4))  # one scored completion: no spread, advantage 0
+    centred = group_advantages(rewards, group_size=4, scale_by_std=False)
+    assert torch.allclose(centred[:4], torch.tensor([1 / 3, 0.0, -2 / 3, 1 / 3]))
+
+
 # --- clipped surrogate -------------------------------------------------------------------------
 
 def _surrogate_reference(logp, old, adv, eps_low, eps_high, c):

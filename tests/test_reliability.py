@@ -339,12 +339,12 @@ def always_raises(prompts, completions, **_):
     return [1 / 0 for _ in completions]
 
 
-def always_none(prompts, completions, **_):
-    return [None] * len(completions)
+def always_text(prompts, completions, **_):
+    return ["1"] * len(completions)
 
 
 @pytest.mark.parametrize("reward,first_error", [(always_raises, "ZeroDivisionError: division by zero"),
-                                                (always_none, "RewardError: reward None is not a number")])
+                                                (always_text, "RewardError: reward '1' is not a number")])
 def test_a_reward_that_always_fails_stops_the_run(tmp_path, reward, first_error):
     trainer = Trainer(tiny_config(tmp_path, method="grpo", steps=6), reward_fns=[reward])
     with pytest.raises(ValueError, match=f"reward function `{reward.__name__}` failed on every completion for 3 steps "

@@ -4,6 +4,7 @@ and the Verifier driving presample, training and evaluation alike."""
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -230,3 +231,101 @@ def test_transfer_split_is_another_tasks_test_scored_by_its_verifier(tmp_path):
         resolve_splits(plain, ["test", "transfer"])
     with pytest.raises(ValueError, match="unknown split 'tset'"):
         resolve_splits(plain, ["tset"])
+
+
+# --- TRL's reward contract on the whole BYO path (rewards.py) -----------------------------------------------
+TRL_REWARD_FILE = '''def reward(completions, answer, completion_ids, **kwargs):
+    kwargs["log_extra"]("n_tokens", [len(ids) for ids in completion_ids])
+    kwargs["log_metric"]("step_seen", float(kwargs["trainer_state"].global_step))
+    return [float(a == "yes" and len(ids) > 0) for a, ids in zip(answer, completion_ids)]
+
+
+def boom(prompts, completions, **kwargs):
+    return [1 / 0 for _ in completions]
+
+
+def always(prompts, completions, **kwargs):
+    return [1.0] * len(completions)
+'''
+
+
+def byo_cli(tmp_path, *extra):
+    """A countdown-prompt JSONL (every other row answers "yes") and the reward file; the CLI options of a tiny run."""
+    from dphrl_mini.tasks import countdown
+
+    rows = [{"prompt": r["prompt"], "answer": "yes" if i % 2 == 0 else "no"}
+            for i, r in enumerate(countdown.make_dataset("train", 24, seed=0))]
+    write_jsonl(tmp_path / "d.jsonl", rows)
+    (tmp_path / "r.py").write_text(TRL_REWARD_FILE)
+    return ["--preset", "tiny-cpu", "--dataset", str(tmp_path / "d.jsonl"), "--method", "dph_js", "--steps", "1",
+            "--train-size", "16", "--prompts-per-step", "2", "--num-generations", "2", "--max-new-tokens", "16",
+            "--eval-n", "2", "--eval-ks", "1", "2", "--eval-fraction", "0.25", "--presample-k", "4",
+            "--presample-threshold", "0.25", "--reference-batch-size", "2", "--updates-per-step", "1",
+            "--no-progress", "--device", "cpu", "--output-dir", str(tmp_path / "run"), *extra]
+
+
+def test_trl_signature_reward_with_completion_ids_trains_and_evaluates(tmp_path):
+    """``def reward(completions, answer, completion_ids, **kwargs)``: a non-empty split, the run's evaluation
+    scored by it, its log_extra column in samples.jsonl and its log_metric in metrics.jsonl."""
+    main(["train", *byo_cli(tmp_path, "--reward", f"{tmp_path / 'r.py'}:reward", "--splits", "test")])
+    run = tmp_path / "run"
+    assert json.loads((run / "presample.json").read_text())["reference_samples"] > 0
+    answers = {f"row-{i}": "yes" if i % 2 == 0 else "no" for i in range(24)}
+    result = json.loads((run / "eval_test.json").read_text())
+    assert result["correct"] == [2 if answers[i] == "yes" else 0 for i in result["ids"]]
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step_seen"] for m in metrics] == [0.0]
+    samples = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 2 and all(s["step"] == 1 and s["n_tokens"] > 0 for s in samples)
+
+
+def test_presample_says_how_many_samples_did_not_end_in_eos(tmp_path, capsys):
+    main(["presample", *byo_cli(tmp_path, "--reward", f"{tmp_path / 'r.py'}:always", "--max-new-tokens", "1")])
+    err = capsys.readouterr().err
+    assert "presample: dropped" in err and "samples that did not end in EOS within max_new_tokens=1" in err
+    assert "hit the token limit (max_new_tokens=1): raise --max-new-tokens" in err
+
+
+def test_presample_refuses_a_reward_that_fails_on_every_sample(tmp_path):
+    with pytest.raises(SystemExit, match="reward function `boom` failed on all 64 pre-samples.*"
+                                         "first error: ZeroDivisionError: division by zero"):
+        main(["presample", *byo_cli(tmp_path, "--reward", f"{tmp_path / 'r.py'}:boom")])
+    assert not (tmp_path / "run" / "reference_store.pt").exists()
+
+
+def test_none_rewards_are_no_reward_in_training(tmp_path):
+    """TRL's None: not an error; an unscorable completion gets advantage 0 and stays out of reward_mean."""
+    from dphrl_mini.trainer import Trainer
+
+    returned = []
+
+    def none_on_odd_rows(prompts, completions, odd, **_):
+        returned.extend(None if o else 1.0 for o in odd)
+        return returned[-len(completions):]
+
+    rows = [{**row, "odd": i % 2} for i, row in enumerate(ROWS)]
+    cfg = config(tmp_path, dataset=str(write_jsonl(tmp_path / "d.jsonl", rows)), method="grpo", steps=2,
+                 num_generations=4)
+    history = Trainer(cfg, reward_fns=[none_on_odd_rows]).train()
+    assert None in returned and 1.0 in returned  # some of each
+    assert [m["reward_errors"] for m in history] == [0, 0]
+    assert all(m["reward_mean"] == 1.0 or math.isnan(m["reward_mean"]) for m in history)
+
+
+def test_trl_accuracy_reward_in_training_on_chat_prompts(tmp_path):
+    """The real ``trl.rewards.accuracy_reward`` on a tiny conversational dataset: called without an error,
+    and the columns it logs with log_extra land in samples.jsonl."""
+    accuracy_reward = pytest.importorskip("trl.rewards").accuracy_reward
+    pytest.importorskip("math_verify")
+    from dphrl_mini.models import load_policy
+    from dphrl_mini.trainer import Trainer
+
+    model, tokenizer = load_policy("tiny", lora_rank=4, device="cpu")
+    tokenizer.chat_template = "{{ bos_token }}{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    rows = [{"prompt": [{"role": "user", "content": f"{a} + {a} ="}], "solution": str(2 * a)} for a in range(12)]
+    cfg = config(tmp_path, method="grpo", eval_fraction=0.25)
+    history = Trainer(cfg, model=model, tokenizer=tokenizer, reward_fns=[accuracy_reward], train_dataset=rows).train()
+    assert history[0]["reward_errors"] == 0
+    samples = [json.loads(line) for line in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()]
+    assert samples[0]["prompt"][0]["role"] == "user"  # the dataset's prompt, as the reward saw it
+    assert {"solution", "gold_parsed", "answer_parsed"} <= set(samples[0])

@@ -57,6 +57,7 @@ from ..losses import DPH_DIVERGENCES, aggregate, divergence_per_token
 from ..models import model_fingerprint
 from ..rewards import Verifier
 from ..rollout import sequence_logps
+from ..sources import check_columns
 
 SUPPORTED_TRL = ">=1.0,<2"
 """The TRL versions this module supports: the ``bench`` extra of pyproject.toml (a test keeps them equal)."""
@@ -84,9 +85,13 @@ def build_reference_store(model, tokenizer, dataset, reward_funcs: Callable | li
     distinct ``solution_key(completion)`` (default: the stripped completion text).
 
     ``dataset`` rows have a ``prompt`` (text, or a list of chat messages, templated with the
-    tokenizer's chat template) and any columns the reward functions take, as in TRL; reward functions
-    get ``prompts``, ``completions`` and those columns by keyword (not TRL's ``completion_ids``,
-    ``trainer_state`` or logging hooks). The sampling
+    tokenizer's chat template) and any columns the reward functions take, as in TRL. Reward functions are
+    called as ``GRPOTrainer`` calls them (``dphrl_mini.rewards``): by keyword, ``prompts``, ``completions``
+    (message lists for chat prompts), ``completion_ids``, ``trainer_state`` (``global_step`` 0),
+    ``log_extra``/``log_metric`` (accepted; what they log is not kept here) and every column; ``async def``
+    rewards are awaited and ``None`` is no reward. A reward function that fails on every sample, or a
+    column it needs that the dataset lacks, is a ``ValueError``; the number of samples dropped for not
+    ending in EOS within ``max_new_tokens`` is printed. The sampling
     settings default to ``GRPOConfig``'s (``max_completion_length=512``, ``temperature=1``,
     ``top_p=1``). Build the store with the model in the dtype it trains in: TRL's bf16 autocast
     (``GRPOConfig(bf16=True)``) shifts the policy's log-probs away from fp32 stored ones.
@@ -105,6 +110,7 @@ def build_reference_store(model, tokenizer, dataset, reward_funcs: Callable | li
                              tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True))
         rows.append({**example, "id": str(i)})
     verifier = Verifier(funcs, solution_key=solution_key or str.strip, name="trl")
+    check_columns(rows, verifier, "dataset")
     templated = any(not isinstance(row["prompt"], str) for row in rows)
     result = presample(model, tokenizer, rows, verifier, prompts=model_prompts, add_special_tokens=not templated, k=k, threshold=threshold, keep=keep,
                        fingerprint=model_fingerprint(model, tokenizer), max_new_tokens=max_new_tokens,

@@ -234,7 +234,7 @@ def solution_key(completion: str) -> str | None:
 def reward(prompts: list[str], completions: list[str], numbers: list, target: list, **_) -> list[float]:
     """TRL-style 0/1 reward: 1.0 when the extracted expression is correct.
 
-    >>> reward(["3 5 7 -> 22:"] * 2, ["7+3*5", "3+5+7"], numbers=[[3, 5, 7]] * 2, target=[22, 22])
+    >>> reward(prompts=["3 5 7 -> 22:"] * 2, completions=["7+3*5", "3+5+7"], numbers=[[3, 5, 7]] * 2, target=[22, 22])
     [1.0, 0.0]
     """
     return [float(is_correct(nums, t, extract_answer(c) or "")) for c, nums, t in zip(completions, numbers, target)]

@@ -238,7 +238,7 @@ def solution_key(completion: str) -> str | None:
 def reward(prompts: list[str], completions: list[str], answer: list, **_) -> list[float]:
     """TRL-style 0/1 reward: 1.0 when the extracted final answer equals the gold answer.
 
-    >>> reward(["q", "q"], ["... so \\\\boxed{42}", "The answer is 41."], answer=["42", "42"])
+    >>> reward(prompts=["q", "q"], completions=["... so \\\\boxed{42}", "The answer is 41."], answer=["42", "42"])
     [1.0, 0.0]
     """
     return [float(is_equivalent(extract_answer(c), str(a))) for c, a in zip(completions, answer)]

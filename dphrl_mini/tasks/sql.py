@@ -442,7 +442,7 @@ def reward(prompts: list[str], completions: list[str], db_path: list, gold_sql: 
     """TRL-style 0/1 reward: 1.0 when the extracted query's result matches the gold query's.
 
     >>> db = make_databases()["shop"]
-    >>> reward(["p", "p"], ["SELECT COUNT(id) FROM customers", "SELECT 1"], db_path=[db, db],
+    >>> reward(prompts=["p", "p"], completions=["SELECT COUNT(id) FROM customers", "SELECT 1"], db_path=[db, db],
     ...        gold_sql=["SELECT COUNT(*) FROM customers"] * 2)
     [1.0, 0.0]
     """
