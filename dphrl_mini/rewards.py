@@ -9,8 +9,9 @@ as in TRL. Departures from TRL's ``GRPOTrainer``, which lets an exception end th
 
 1. a function is first called on the whole batch; if it raises, it is called one completion at
    a time, and only the completions whose call raises score 0;
-2. a ``None``, NaN or infinite reward scores 0; a wrong-length result scores the batch
-   completion by completion;
+2. a ``None``, NaN or infinite reward scores 0 (NaN and inf are also counted apart, logged by the
+   trainer as ``reward_nonfinite`` with a warning); a wrong-length result scores the batch completion
+   by completion;
 3. every such failure is counted (``n_errors``, logged by the trainer as ``reward_errors``) and
    its traceback logged once per (function, exception type); ``fail_fast=True`` re-raises instead;
 4. ``failures``, when given, collects each failure's message by function name, so that the trainer
@@ -19,6 +20,8 @@ as in TRL. Departures from TRL's ``GRPOTrainer``, which lets an exception end th
 
 from __future__ import annotations
 
+import hashlib
+import inspect
 import logging
 import math
 import re
@@ -36,9 +39,23 @@ class RewardError(ValueError):
     """A reward function returned something that is not one finite number per completion."""
 
 
+class NonFiniteReward(RewardError):
+    """A reward function returned NaN or inf (counted apart: ``score_completions(nonfinite=...)``)."""
+
+
 def reward_name(fn: Callable) -> str:
     """The name a reward function is reported by: its ``__qualname__``, or its class's for a callable object."""
     return getattr(fn, "__qualname__", None) or type(fn).__qualname__
+
+
+def reward_identity(fn: Callable) -> str:
+    """``module.name`` of a reward function, with ``@`` and a hash of its source where ``inspect`` finds it,
+    so that an edited function is another reward (the pre-sampled split records it)."""
+    name = f"{getattr(fn, '__module__', None) or type(fn).__module__}.{reward_name(fn)}"
+    try:
+        return f"{name}@{hashlib.sha256(inspect.getsource(fn).encode()).hexdigest()[:12]}"
+    except (OSError, TypeError):  # built-in, or defined where there is no source file
+        return name
 
 
 def _log_once(fn: Callable, err: BaseException) -> None:
@@ -54,7 +71,7 @@ def _to_float(value) -> float:
         raise RewardError(f"reward {value!r} is not a number")
     value = float(value)
     if not math.isfinite(value):
-        raise RewardError(f"reward {value} is not finite")
+        raise NonFiniteReward(f"reward {value} is not finite")
     return value
 
 
@@ -68,10 +85,12 @@ def _call(fn: Callable, prompts: list[str], completions: list[str], columns: dic
 def score_completions(reward_fns: list[Callable], prompts: list, completions: list,
                       columns: dict[str, list], fail_fast: bool = False,
                       weights: list[float] | None = None,
-                      failures: dict[str, list[str]] | None = None) -> tuple[np.ndarray, int]:
+                      failures: dict[str, list[str]] | None = None,
+                      nonfinite: dict[str, int] | None = None) -> tuple[np.ndarray, int]:
     """Rewards summed with ``weights`` (default 1 each), shape (N,), and the number of (function,
     completion) pairs that failed and scored 0. ``failures`` (if given) receives ``{function name:
-    ["ErrorType: message", ...]}``, one entry per failed completion.
+    ["ErrorType: message", ...]}``, one entry per failed completion; ``nonfinite`` (if given) ``{function
+    name: count}`` of the failures that were NaN or inf rewards.
 
     >>> def ok(prompts, completions, **_): return [float(c == "4") for c in completions]
     >>> def bad(prompts, completions, **_): return [1 / int(c) for c in completions]
@@ -98,6 +117,8 @@ def score_completions(reward_fns: list[Callable], prompts: list, completions: li
                 _log_once(fn, err)
                 if failures is not None:
                     failures.setdefault(reward_name(fn), []).append(f"{type(err).__name__}: {err}")
+                if nonfinite is not None and isinstance(err, NonFiniteReward):
+                    nonfinite[reward_name(fn)] = nonfinite.get(reward_name(fn), 0) + 1
                 batch_error = None
         if batch_error is not None:  # the batch call failed but every single call worked
             _log_once(fn, batch_error)
@@ -141,13 +162,14 @@ class Verifier:
         return cls([task.reward], None, correct_threshold, task.solution_key, task.NAME)
 
     def score(self, prompts: list, completions: list[str], columns: dict[str, list],
-              fail_fast: bool = False, failures: dict[str, list[str]] | None = None) -> tuple[np.ndarray, int]:
+              fail_fast: bool = False, failures: dict[str, list[str]] | None = None,
+              nonfinite: dict[str, int] | None = None) -> tuple[np.ndarray, int]:
         """Total rewards (N,) and the number of failed calls; chat prompts get chat completions.
-        ``failures`` collects each function's errors (``score_completions``)."""
+        ``failures`` collects each function's errors, ``nonfinite`` its NaN/inf counts (``score_completions``)."""
         if prompts and isinstance(prompts[0], list):  # conversational, as TRL passes it
             completions = [[{"role": "assistant", "content": c}] for c in completions]
         return score_completions(self.reward_fns, prompts, completions, columns, fail_fast, self.reward_weights,
-                                 failures)
+                                 failures, nonfinite)
 
     def is_correct(self, rewards: np.ndarray) -> np.ndarray:
         return np.asarray(rewards) >= self.correct_threshold

@@ -52,7 +52,7 @@ from toy_bandits.mara import mara_rewards
 
 from . import checkpoint as ckpt
 from .config import TrainConfig, resume_changes
-from .data import PresampleResult, presample, reward_columns
+from .data import PresampleResult, presample, presample_source, reward_columns
 from .engine import RolloutEngine
 from .evaluate import EvalResult, evaluate
 from .losses import aggregate, clipped_surrogate, divergence_per_token, group_advantages, kl_penalty_per_token
@@ -214,6 +214,7 @@ class Trainer:
             return
         folder, acc = self.output_dir, self.accelerator
         saved = (folder / "presample.json").exists()
+        source = presample_source(cfg, self.verifier, self.train_rows, self.templated)  # checked when reused
         if not saved and acc.is_main_process:  # DDP: the main process samples, the others wait and load
             # the initial policy is pi_ref: presampling runs before any update (also when resuming)
             with reference_mode(self.policy) if isinstance(self.policy, PeftModel) else contextlib.nullcontext():
@@ -224,18 +225,13 @@ class Trainer:
                     batch_size=cfg.generation_batch_size, seed=cfg.seed, packed=cfg.pack_sequences,
                     prompts=[self.prompt_text(r) for r in self.train_rows], progress=cfg.progress,
                     add_special_tokens=not self.templated)
+            self.presampled.source = source
             folder.mkdir(parents=True, exist_ok=True)
             self.presampled.save(folder)
         if not saved:
             acc.wait_for_everyone()
         if self.presampled is None:
-            self.presampled = PresampleResult.load(folder, self.train_rows, self.fingerprint)
-            if (self.presampled.k, self.presampled.threshold) != (cfg.presample_k, cfg.presample_threshold):
-                raise ValueError(
-                    f"{folder / 'presample.json'} was made with presample_k={self.presampled.k}, "
-                    f"presample_threshold={self.presampled.threshold} but the config says presample_k="
-                    f"{cfg.presample_k}, presample_threshold={cfg.presample_threshold}; use another "
-                    "output_dir or delete presample.json and reference_store.pt to pre-sample again")
+            self.presampled = PresampleResult.load(folder, self.train_rows, self.fingerprint, source)
         if cfg.train_on in ("auto", "exploration", "learnable"):
             dph_or_exploration = cfg.dph_divergence() is not None or cfg.train_on == "exploration"
             pool = self.presampled.exploration if dph_or_exploration else self.train_rows
@@ -300,9 +296,14 @@ class Trainer:
         rollout = _to_device(rollout, self.device)
         t_rollout = time.perf_counter() - t0
         failures: dict[str, list[str]] = {}
+        nonfinite: dict[str, int] = {}  # NaN/inf rewards per function (also among the failures)
         raw_rewards, reward_errors = self.verifier.score(  # rewards see the dataset's prompts, as in TRL
             [r["prompt"] for r in rows for _ in range(G)], rollout.completions, reward_columns(rows, G),
-            fail_fast=cfg.fail_fast, failures=failures)
+            fail_fast=cfg.fail_fast, failures=failures, nonfinite=nonfinite)
+        if nonfinite:
+            warnings.warn(f"step {self.step_index + 1}: reward function(s) returned NaN or inf ("
+                          + ", ".join(f"`{name}` {n}x" for name, n in nonfinite.items())
+                          + "), scored 0; a reward must be a finite number (metric reward_nonfinite)")
         failed_everywhere = {name: errors[0] for name, errors in failures.items() if len(errors) == len(raw_rewards)}
         self.reward_failure_streak = {name: self.reward_failure_streak.get(name, 0) + 1 for name in failed_everywhere}
         rewards = torch.tensor(raw_rewards, dtype=torch.float32, device=self.device)  # (B,)
@@ -344,7 +345,7 @@ class Trainer:
             **{k: float(np.mean(v)) if v else 0.0 for k, v in stats.items()},
             "completion_length": float(mask.sum(-1).mean()),
             "truncated_frac": float(rollout.truncated.float().mean()),
-            "reward_errors": int(reward_errors), "skipped_updates": skipped,
+            "reward_errors": int(reward_errors), "reward_nonfinite": sum(nonfinite.values()), "skipped_updates": skipped,
             "lr": float(self.scheduler.get_last_lr()[0]),
             "rollout_tokens_per_s": float(mask.sum()) / max(t_rollout, 1e-9),
             "time_rollout": t_rollout, "time_update": time.perf_counter() - t1,
