@@ -97,13 +97,12 @@ EVAL_FIELDS = ("task", "task_source", "dataset", "eval_dataset", "eval_fraction"
 def eval_config(args) -> TrainConfig:
     """The config ``eval`` uses: the run's own (OUTPUT_DIR/config.yaml, when there is one) with the options
     given on top; an option that would evaluate other prompts than the run's is refused."""
-    cfg = config_from_args(args)
-    saved = Path(cfg.output_dir) / "config.yaml"
+    saved = Path(vars(args).get("output_dir") or config_from_args(args).output_dir) / "config.yaml"
     if not saved.exists():
-        return cfg
+        return config_from_args(args)
     run = TrainConfig.from_yaml(saved)
-    if not (args.config or args.preset):
-        cfg = config_from_args(args, base=dataclasses.replace(run, overwrite=False))
+    base = None if args.config or args.preset else dataclasses.replace(run, overwrite=False)
+    cfg = config_from_args(args, base=base)
     for name in EVAL_FIELDS:
         if getattr(cfg, name) != getattr(run, name):
             raise ValueError(

@@ -585,8 +585,6 @@ class Trainer:
 
     def _train(self, resume: bool) -> list[dict]:
         cfg, folder = self.config, self.output_dir
-        if self.accelerator.is_main_process:
-            dataclasses.replace(cfg, overwrite=False).to_yaml(folder / "config.yaml")
         if cfg.report_to != "none":
             self.accelerator.init_trackers("dphrl-mini", config={k: v for k, v in cfg.to_dict().items()
                                                                    if isinstance(v, (int, float, str, bool))})
@@ -595,6 +593,8 @@ class Trainer:
             for log in ("metrics.jsonl", "evals.jsonl"):
                 (folder / log).write_text("")
         self.prepare_data()
+        if self.accelerator.is_main_process:  # after the data checks: a refused run does not claim the folder
+            dataclasses.replace(cfg, overwrite=False).to_yaml(folder / "config.yaml")
         if last is not None:
             self.load_checkpoint(last)
         else:  # same RNG state whether pre-sampling ran now or was loaded from an earlier attempt
