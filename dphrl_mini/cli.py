@@ -14,11 +14,9 @@ import time
 import typing
 from pathlib import Path
 
-import yaml
-
 from .checkpoint import make_folder
 from .config import METHODS, PRESETS, TrainConfig, preset_config
-from .validation import check_data_options, field_docs
+from .validation import check_data_options, field_docs, read_config_file
 
 
 REPEATABLE = ("reward", "reward_weights")
@@ -53,7 +51,7 @@ def config_from_args(args: argparse.Namespace, base: TrainConfig | None = None) 
     given = set(overrides)
     if args.config:
         base = TrainConfig.from_yaml(args.config)
-        given |= set(yaml.safe_load(Path(args.config).read_text()) or {})
+        given |= set(read_config_file(args.config))
     if base is not None:
         cfg = dataclasses.replace(base, **overrides).validate()
     else:

@@ -36,7 +36,7 @@ from typing import Any
 
 import yaml
 
-from .validation import device_problem
+from .validation import device_problem, read_config_file
 
 _METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     # eps_high: clip-higher 0.28 everywhere except GRPO (papers/dph-rl.md §1.5, "clip" row).
@@ -425,17 +425,8 @@ class TrainConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "TrainConfig":
-        """The fields of a YAML mapping (with an optional ``preset``); a missing file, invalid YAML or a
-        file that is not a mapping is a one-line ``ValueError``."""
-        if not Path(path).is_file():
-            raise ValueError(f"config file {str(path)!r}: no such file")
-        try:
-            values = yaml.safe_load(Path(path).read_text()) or {}
-        except yaml.YAMLError as error:
-            raise ValueError(f"config file {str(path)!r} is not valid YAML: {' '.join(str(error).split())}") from None
-        if not isinstance(values, dict):
-            raise ValueError(f"config file {str(path)!r} must be a mapping of TrainConfig fields (e.g. `lr: 1e-3`), "
-                             f"not a {type(values).__name__}")
+        """The fields of a YAML file (``validation.read_config_file``), from its ``preset`` if it names one."""
+        values = read_config_file(path)
         preset = values.pop("preset", None)
         return preset_config(preset, **values) if preset else cls.from_dict(values)
 

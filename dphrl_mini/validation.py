@@ -2,7 +2,8 @@
 
 * ``device_problem``: a device this machine does not have (``device="cuda"`` without CUDA);
 * ``check_data_options``: options the chosen data path ignores (``--task-source`` with ``--dataset``);
-* ``check_splits``: evaluation splits the data path does not have (``ood`` of your own dataset);
+* ``split_problem``: evaluation splits the data path does not have (``ood`` of your own dataset);
+* ``read_config_file``: a YAML config file that is missing, invalid or not a mapping;
 * ``field_docs``: each ``TrainConfig`` field's docstring (the string under it), for ``--help``.
 """
 
@@ -12,7 +13,10 @@ import ast
 import dataclasses
 import functools
 import inspect
+from pathlib import Path
 from typing import Any, Iterable
+
+import yaml
 
 
 def device_problem(device: str) -> str | None:
@@ -35,6 +39,21 @@ def device_problem(device: str) -> str | None:
     if device == "mps":
         return None if torch.backends.mps.is_available() else "MPS is not available here; use 'auto' or 'cpu'"
     return "use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The mapping in YAML file ``path``; a missing file, invalid YAML or another kind of document is one
+    ``ValueError`` line."""
+    if not Path(path).is_file():
+        raise ValueError(f"config file {str(path)!r}: no such file")
+    try:
+        values = yaml.safe_load(Path(path).read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ValueError(f"config file {str(path)!r} is not valid YAML: {' '.join(str(error).split())}") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"config file {str(path)!r} must be a mapping of TrainConfig fields (e.g. `lr: 1e-3`), "
+                         f"not a {type(values).__name__}")
+    return values
 
 
 def ignored_options(config: Any) -> dict[str, str]:
@@ -86,8 +105,11 @@ def split_problem(config: Any, split: str) -> str | None:
 @functools.cache
 def field_docs(cls: type) -> dict[str, str]:
     """Field name -> its docstring (the string literal under the field in the class body), whitespace
-    collapsed; fields without one are left out."""
-    body = ast.parse(inspect.getsource(cls)).body[0].body
+    collapsed; fields without one are left out (all of them where the source cannot be read)."""
+    try:
+        body = ast.parse(inspect.getsource(cls)).body[0].body
+    except (OSError, TypeError):  # e.g. a frozen install without .py files
+        return {}
     docs = {}
     for node, following in zip(body, body[1:]):
         if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(following, ast.Expr)

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +16,7 @@ from dphrl_mini import experiments
 from dphrl_mini.cli import build_parser, config_from_args, main
 from dphrl_mini.config import TrainConfig, preset_config
 from dphrl_mini.experiments import compare, parse_variants, resolve_splits
+from dphrl_mini.models import resolve_model_path
 from dphrl_mini.rewards import Verifier
 from dphrl_mini.sources import task_data
 from dphrl_mini.trainer import Trainer
@@ -92,8 +95,23 @@ def test_eval_of_a_run_uses_its_data_and_base_model(tmp_path, byo, capsys):
         assert "differs from the run's" in line and "--output-dir NEW_FOLDER" in line
     one_line_error(capsys, ["eval", "--output-dir", str(run), "--base"])
     assert (run / "eval_test.json").read_text() == stored  # never overwritten with other prompts' results
-    line = one_line_error(capsys, ["eval", "--output-dir", str(run), "--model", "tiny-rft", "--splits", "test"])
+    other = other_base_model(tmp_path)  # the same architecture and tokenizer, other weights
+    line = one_line_error(capsys, ["eval", "--output-dir", str(run), "--model", str(other), "--splits", "test"])
     assert "trained on base model 'tiny'" in line and "--model tiny" in line
+
+
+def other_base_model(tmp_path) -> Path:
+    """A copy of the built-in tiny model with its input embedding shifted: the adapter fits it, but it is
+    another base model."""
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "other-base"
+    shutil.copytree(resolve_model_path("tiny"), folder)
+    weights = load_file(folder / "model.safetensors")
+    name = next(k for k in weights if "embed_tokens" in k)
+    weights[name] = weights[name] + 0.5
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+    return folder
 
 
 # --- 4. options the data path ignores ---------------------------------------------------------------------
