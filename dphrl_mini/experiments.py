@@ -218,17 +218,17 @@ def compare(base_config: TrainConfig, variants: dict[str, dict[str, Any]], seeds
     task, ``eval_n`` and prompts only. Without ``reuse``, every run starts afresh (``overwrite``). Every
     variant is validated (``variant_config``) before the first run starts.
     """
-    out_dir, ks, seeds = Path(out_dir), base_config.eval_ks, list(seeds)
+    out_dir, ks = Path(out_dir), base_config.eval_ks
     splits = resolve_splits(base_config, splits)
-    for name, overrides in variants.items():  # every variant is checked before the first run starts
-        for seed in seeds:
-            variant_config(base_config, name, overrides, seed=seed)
     rows: list[dict[str, Any]] = []
-    tiers = prompt_tiers(base_config)
     seeds = list(seeds)
     variant_seeds = {name: overrides.pop("seeds", seeds) for name, overrides in
                      ((name, dict(overrides)) for name, overrides in variants.items())}
     variants = {name: {k: v for k, v in overrides.items() if k != "seeds"} for name, overrides in variants.items()}
+    for name, overrides in variants.items():  # every variant is checked before the first run starts
+        for seed in variant_seeds[name]:
+            variant_config(base_config, name, overrides, seed=seed)
+    tiers = prompt_tiers(base_config)
     for seed in sorted(set(seeds).union(*variant_seeds.values())):
         base_dir = out_dir / "base" / f"seed{seed}"
         base_cfg = dataclasses.replace(base_config, seed=seed, output_dir=str(base_dir))

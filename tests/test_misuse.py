@@ -171,7 +171,8 @@ def test_compare_validates_every_variant_before_the_first_run(tmp_path, monkeypa
     for specs, match in ((["grpo", "dph_jss"], "variant 'dph_jss'.*unknown method"),
                          (["grpo", "dph_js:etaa=2"], r"variant 'dph_js_etaa2'.*unknown config field\(s\) \['etaa'\]"),
                          (["grpo", "dph_js:eta=-1"], "variant 'dph_js_eta-1'.*`eta`"),
-                         (["grpo", "grpo+mara"], "variant 'grpo\\+mara'.*kl_coef")):
+                         (["grpo", "grpo+mara"], "variant 'grpo\\+mara'.*kl_coef"),
+                         (["grpo:seeds=0-2", "dph_js:seeds=3-4,eta=x"], "variant 'dph_js_etax'.*`eta`='x'")):
         with pytest.raises(ValueError, match=match):
             compare(cfg, parse_variants(specs), seeds=[0, 1], out_dir=tmp_path / "cmp")
     assert not (tmp_path / "cmp").exists()
