@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .checkpoint import make_folder
 from .config import METHODS, PRESETS, TrainConfig, preset_config
+from .validation import check_data_options, field_docs, read_config_file
 
 
 REPEATABLE = ("reward", "reward_weights")
@@ -24,29 +25,39 @@ REPEATABLE = ("reward", "reward_weights")
 def _add_config_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML file with TrainConfig fields (and optionally `preset`)")
     parser.add_argument("--preset", choices=sorted(PRESETS), help="named starting point")
-    hints = typing.get_type_hints(TrainConfig)
+    hints, docs = typing.get_type_hints(TrainConfig), field_docs(TrainConfig)
     for f in dataclasses.fields(TrainConfig):  # SUPPRESS: only options given appear in the namespace
         flag, hint = "--" + f.name.replace("_", "-"), str(hints[f.name])
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        helptext = f"{docs.get(f.name, '')} (default: {default})".lstrip().replace("%", "%%")
         if hints[f.name] is bool:
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS)
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                                help=helptext)
         elif "list" in hint:  # --reward and --reward-weights repeat: --reward a:f --reward b:g == --reward a:f b:g
             item = hint.split("list[")[1]
             action = "extend" if f.name in REPEATABLE else "store"
-            parser.add_argument(flag, dest=f.name, nargs="+", action=action, default=argparse.SUPPRESS,
+            parser.add_argument(flag, dest=f.name, nargs="+", action=action, default=argparse.SUPPRESS, help=helptext,
                                 type=int if item.startswith("int") else float if item.startswith("float") else str)
         else:
             base = int if "int" in hint and "float" not in hint else float if "float" in hint else str
-            parser.add_argument(flag, dest=f.name, default=argparse.SUPPRESS,
+            parser.add_argument(flag, dest=f.name, default=argparse.SUPPRESS, help=helptext,
                                 type=(lambda text, base=base: None if text.lower() == "none" else base(text)))
 
 
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """The preset or ``--config`` file, overridden by every option given (``none`` included)."""
+def config_from_args(args: argparse.Namespace, base: TrainConfig | None = None) -> TrainConfig:
+    """``base`` (else the preset or ``--config`` file), overridden by every option given (``none``
+    included). An option given here or in the file that the data path ignores is refused."""
     overrides = {f.name: vars(args)[f.name] for f in dataclasses.fields(TrainConfig) if f.name in vars(args)}
+    given = set(overrides)
     if args.config:
         base = TrainConfig.from_yaml(args.config)
-        return dataclasses.replace(base, **overrides).validate()
-    return preset_config(args.preset, **overrides).validate()
+        given |= set(read_config_file(args.config))
+    if base is not None:
+        cfg = dataclasses.replace(base, **overrides).validate()
+    else:
+        cfg = preset_config(args.preset, **overrides).validate()
+    check_data_options(cfg, sorted(given))
+    return cfg
 
 
 def cmd_presample(args) -> None:
@@ -55,6 +66,9 @@ def cmd_presample(args) -> None:
     cfg = config_from_args(args)
     trainer = Trainer(cfg)
     make_folder(cfg.output_dir)
+    if cfg.overwrite:  # pre-sample again instead of reusing (and checking) the saved split
+        for name in ("presample.json", "reference_store.pt", "reference_store.pt.sha256"):
+            (Path(cfg.output_dir) / name).unlink(missing_ok=True)
     trainer.prepare_data()
     if trainer.presampled is None:
         cfg = dataclasses.replace(cfg, train_on="exploration")
@@ -72,13 +86,40 @@ def cmd_train(args) -> None:
         print(split, json.dumps(res.summary(cfg.eval_ks), indent=1))
 
 
+EVAL_FIELDS = ("task", "task_source", "dataset", "eval_dataset", "eval_fraction", "data_seed", "train_size", "eval_size",
+               "ood_size", "transfer_task", "transfer_size", "reward", "reward_weights", "correct_threshold",
+               "chat_template")
+"""Fields that choose a run's evaluation prompts and how they are scored: ``eval`` of a run keeps the run's."""
+
+
+def eval_config(args) -> TrainConfig:
+    """The config ``eval`` uses: the run's own (OUTPUT_DIR/config.yaml, when there is one) with the options
+    given on top; an option that would evaluate other prompts than the run's is refused."""
+    saved = Path(vars(args).get("output_dir") or config_from_args(args).output_dir) / "config.yaml"
+    if not saved.exists():
+        return config_from_args(args)
+    run = TrainConfig.from_yaml(saved)
+    base = None if args.config or args.preset else dataclasses.replace(run, overwrite=False)
+    cfg = config_from_args(args, base=base)
+    for name in EVAL_FIELDS:
+        if getattr(cfg, name) != getattr(run, name):
+            raise ValueError(
+                f"config field `{name}`={getattr(cfg, name)!r} differs from the run's {getattr(run, name)!r} "
+                f"({saved}): its eval files would hold other prompts. Drop --{name.replace('_', '-')}, or evaluate "
+                f"elsewhere: --adapter {Path(cfg.output_dir) / 'adapter'} --output-dir NEW_FOLDER")
+    return cfg
+
+
 def cmd_eval(args) -> None:
     from .experiments import evaluate_base, resolve_splits, save_eval
     from .trainer import Trainer
 
-    cfg = config_from_args(args)
+    cfg = eval_config(args)
     splits = resolve_splits(cfg, args.splits)  # a bad split fails before the model loads
     if args.base:
+        if (Path(cfg.output_dir) / "adapter").exists():
+            raise ValueError(f"output_dir {cfg.output_dir} holds a trained run; evaluating the base model there would "
+                             "overwrite its eval files: pass --output-dir NEW_FOLDER")
         results = evaluate_base(cfg, splits)
     else:
         from peft import set_peft_model_state_dict
@@ -89,12 +130,24 @@ def cmd_eval(args) -> None:
         if not adapter.exists():
             sys.exit(f"no adapter at {adapter}: train first, or pass --adapter DIR or --base")
         trainer = Trainer(adapter_shape(cfg, folder))
+        check_adapter_base(folder, trainer.fingerprint, cfg.model)
         set_peft_model_state_dict(trainer.policy, load_file(adapter))
         results = {s: trainer.evaluate(s) for s in splits if trainer.eval_rows(s)}
         for s, r in results.items():
             save_eval(r, Path(cfg.output_dir) / f"eval_{s}.json")
     for split, res in results.items():
         print(split, json.dumps(res.summary(cfg.eval_ks), indent=1))
+
+
+def check_adapter_base(folder: Path, fingerprint: str, model: str) -> None:
+    """Raise ``ValueError`` when the adapter in ``folder`` was trained on another base model than ``model``
+    (``models.save_adapter`` records the base's fingerprint; adapters without the record are not checked)."""
+    from .models import BASE_MODEL_FILE
+
+    record = folder / BASE_MODEL_FILE
+    if record.exists() and (saved := json.loads(record.read_text()))["fingerprint"] != fingerprint:
+        raise ValueError(f"the adapter in {folder} was trained on base model {saved['model']!r}, not on model={model!r} "
+                         f"(fingerprint {saved['fingerprint']} != {fingerprint}): pass --model {saved['model']}")
 
 
 def adapter_shape(cfg: TrainConfig, folder: Path) -> TrainConfig:
@@ -109,7 +162,7 @@ def cmd_compare(args) -> None:
     from .experiments import compare, parse_variants
 
     cfg = config_from_args(args)
-    variants = parse_variants(args.variants)
+    variants = parse_variants(args.variants)  # compare validates every variant before the first run
     rows = compare(cfg, variants, seeds=args.seeds, out_dir=args.out, splits=args.splits)
     splits = list(dict.fromkeys(r["split"].split(":")[0] for r in rows))  # those evaluated, in order
     _save_compare_report(rows, Path(args.out), splits, k=max(cfg.eval_ks))
@@ -200,13 +253,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def usage_error(message: str) -> SystemExit:
+    """The exit of a user error: ``message`` on stderr, exit status 2 as for argparse's own errors (the
+    exception's text is the message too, for callers that catch it)."""
+    print(message, file=sys.stderr)
+    error = SystemExit(message)
+    error.code = 2
+    return error
+
+
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     start = time.perf_counter()
     try:
         args.func(args)
-    except ValueError as error:  # configuration and input errors: one clear line, no traceback
-        sys.exit(f"error: {error}")
+    except ValueError as error:  # configuration and input errors: one clear line, no traceback, as argparse
+        raise usage_error(f"error: {error}") from None
     print(f"[{args.command} finished in {time.perf_counter() - start:.0f} s]", file=sys.stderr)
 
 

@@ -36,6 +36,8 @@ from typing import Any
 
 import yaml
 
+from .validation import device_problem, read_config_file
+
 _METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     # eps_high: clip-higher 0.28 everywhere except GRPO (papers/dph-rl.md §1.5, "clip" row).
     # kl_coef: 0.01 is the released kl_loss_coef of the k3 reverse-KL baseline.
@@ -130,6 +132,12 @@ NUMERIC_RANGES: dict[str, Range] = {
     "save_every": Range(1), "max_reward_error_steps": Range(1),
     "eval_fraction": Range(0, 1, high_open=True, hint="a share of the prompts"), "correct_threshold": Range(),
 }
+
+
+@functools.cache
+def _optional(name: str) -> bool:
+    """True when ``None`` is a valid value of field ``name`` (its type says ``| None``)."""
+    return type(None) in typing.get_args(typing.get_type_hints(TrainConfig)[name])
 
 
 @functools.cache
@@ -363,6 +371,11 @@ class TrainConfig:
             bad("optimizer", "use 'adamw' or 'paged_adamw_8bit'")
         if self.optimizer == "paged_adamw_8bit" and importlib.util.find_spec("bitsandbytes") is None:
             bad("optimizer", "paged_adamw_8bit needs bitsandbytes; use optimizer='adamw'")
+        for f in dataclasses.fields(self):
+            if getattr(self, f.name) is None and not _optional(f.name):
+                bad(f.name, "a value is required (`none` is only for fields whose default is None)")
+        if device_problem(self.device):
+            bad("device", device_problem(self.device))
         for name, allowed in NUMERIC_RANGES.items():
             problem = allowed.problem(getattr(self, name), _is_int_field(name))
             if problem:
@@ -412,7 +425,8 @@ class TrainConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "TrainConfig":
-        values = yaml.safe_load(Path(path).read_text()) or {}
+        """The fields of a YAML file (``validation.read_config_file``), from its ``preset`` if it names one."""
+        values = read_config_file(path)
         preset = values.pop("preset", None)
         return preset_config(preset, **values) if preset else cls.from_dict(values)
 

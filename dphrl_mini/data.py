@@ -12,11 +12,14 @@ Departures from the released code:
    one per distinct correct solution (``Verifier.solution_key``), which rehearses every mode.
 2. The reference responses are taken from the same k pre-samples instead of a second sampling pass.
 3. The store carries a fingerprint of model and tokenizer; loading it against another model is an
-   error, not silent garbage.
+   error, not silent garbage. The split records where it came from (``presample_source``: dataset,
+   reward identity, weights, threshold, k, sampling settings); loading it for a run with other
+   settings is an error too.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import sys
@@ -28,7 +31,7 @@ import torch
 
 from .checkpoint import atomic_write, sha256_file
 from .packing import packed_logps
-from .rewards import NOT_REWARD_COLUMNS, RewardState, Verifier, as_verifier
+from .rewards import NOT_REWARD_COLUMNS, RewardState, Verifier, as_verifier, reward_identity
 from .rollout import generate, sequence_logps
 
 
@@ -112,6 +115,32 @@ def corrupt_presample(path: Path, why: str) -> ValueError:
                       f"reference_store.pt in {path.parent}, then run `dphrl-mini presample` (or train) again")
 
 
+def presample_source(config, verifier: Verifier, rows: list[dict], templated: bool) -> dict[str, Any]:
+    """What a pre-sampled split depends on, by ``TrainConfig`` field name: the model, a hash of the training
+    rows (``dataset``), each reward's identity (``rewards.reward_identity``), weights and threshold, the split
+    rule and the sampling settings. ``PresampleResult.load`` refuses a split whose record differs."""
+    rows_hash = hashlib.sha256(json.dumps(rows, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return {"model": config.model, "dataset": rows_hash, "reward": [reward_identity(f) for f in verifier.reward_fns],
+            "reward_weights": verifier.reward_weights, "correct_threshold": verifier.correct_threshold,
+            "presample_k": config.presample_k, "presample_threshold": config.presample_threshold,
+            "keep_references": config.keep_references, "max_new_tokens": config.max_new_tokens,
+            "temperature": config.temperature, "top_p": config.top_p, "seed": config.seed, "chat_template": templated}
+
+
+SOURCE_UNCHECKED = ("model",)
+"""Recorded, not compared: the reference store's fingerprint identifies the model (a moved folder is the same)."""
+
+
+def check_source(path: Path, saved: dict[str, Any], wanted: dict[str, Any]) -> None:
+    """Raise one ``ValueError`` naming every field in which the split at ``path`` (its record ``saved``)
+    differs from this run's ``wanted`` one, and the fix. Fields absent from ``saved`` are not compared."""
+    changed = [f"{k}: {saved[k]!r} -> {v!r}" for k, v in wanted.items()
+               if k in saved and k not in SOURCE_UNCHECKED and saved[k] != v]
+    if changed:
+        raise ValueError(f"{path} was pre-sampled with other settings than this run's ({'; '.join(changed)}); pass "
+                         "--overwrite (overwrite=True) to pre-sample again, or use a new output_dir")
+
+
 @dataclass
 class PresampleResult:
     pass_rates: dict[str, float]
@@ -120,6 +149,8 @@ class PresampleResult:
     store: ReferenceStore
     k: int
     threshold: float
+    source: dict[str, Any] = field(default_factory=dict)
+    """Where the split came from (``presample_source``); empty when the caller did not record it."""
 
     def summary(self) -> dict[str, Any]:
         rates = list(self.pass_rates.values())
@@ -133,11 +164,15 @@ class PresampleResult:
         self.store.save(folder / "reference_store.pt")
         split = {"pass_rates": self.pass_rates, "k": self.k, "threshold": self.threshold,
                  "exploration": [r["id"] for r in self.exploration],
-                 "near_perfect": [r["id"] for r in self.near_perfect], "reference_samples": len(self.store)}
+                 "near_perfect": [r["id"] for r in self.near_perfect], "reference_samples": len(self.store),
+                 "source": self.source}
         atomic_write(folder / "presample.json", lambda tmp: tmp.write_text(json.dumps(split)))
 
     @classmethod
-    def load(cls, folder: str | Path, rows: list[dict], expected_fingerprint: str | None = None) -> "PresampleResult":
+    def load(cls, folder: str | Path, rows: list[dict], expected_fingerprint: str | None = None,
+             expected_source: dict[str, Any] | None = None) -> "PresampleResult":
+        """The split saved in ``folder``; with ``expected_source`` (``presample_source``), a split made
+        with other settings (or, for a split saved without a record, another k or threshold) is refused."""
         folder = Path(folder)
         try:
             split = json.loads((folder / "presample.json").read_text())
@@ -147,6 +182,9 @@ class PresampleResult:
                    if not isinstance(split, dict) or k not in split]
         if missing:
             raise corrupt_presample(folder / "presample.json", f"field `{missing[0]}` is missing")
+        saved_source = split.get("source") or {"presample_k": split["k"], "presample_threshold": split["threshold"]}
+        if expected_source is not None:
+            check_source(folder / "presample.json", saved_source, expected_source)
         by_id = {r["id"]: r for r in rows}
         missing = [i for i in split["exploration"] + split["near_perfect"] if i not in by_id]
         if missing:
@@ -155,7 +193,7 @@ class PresampleResult:
         return cls(split["pass_rates"], [by_id[i] for i in split["exploration"]],
                    [by_id[i] for i in split["near_perfect"]],
                    ReferenceStore.load(folder / "reference_store.pt", expected_fingerprint),
-                   split["k"], split["threshold"])
+                   split["k"], split["threshold"], split.get("source") or {})
 
 
 def presample(model, tokenizer, rows: list[dict], verifier: Verifier, *, k: int = 8, threshold: float = 1.0,

@@ -22,6 +22,7 @@ from .evaluate import EvalResult, all_of_k, kept_lost
 from .style import display_name
 from .sources import built_in_eval_rows, task_data
 from .trainer import Trainer
+from .validation import split_problem
 
 HEADLINE = ("greedy", "pass@1", "pass@8", "pass@64", "distinct_correct")
 
@@ -48,7 +49,8 @@ def default_splits(config: TrainConfig) -> list[str]:
 
 
 def resolve_splits(config: TrainConfig, splits: Iterable[str] | None) -> list[str]:
-    """``splits`` checked (a known name; "transfer" only with ``transfer_task``), or the defaults."""
+    """``splits`` checked (a known name that the data path of ``config`` has prompts for, e.g. no "ood"
+    with your own dataset; "transfer" only with ``transfer_task``), or the defaults."""
     if splits is None:
         return default_splits(config)
     splits = list(splits)
@@ -57,6 +59,8 @@ def resolve_splits(config: TrainConfig, splits: Iterable[str] | None) -> list[st
             raise ValueError(f"unknown split {split!r}: choose from {', '.join(SPLITS)}")
         if split == "transfer" and not config.transfer_task:
             raise ValueError("split 'transfer' needs transfer_task (--transfer-task countdown, sql or math)")
+        if problem := split_problem(config, split):
+            raise ValueError(f"split {split!r}: {problem}")
     return splits
 
 
@@ -181,6 +185,15 @@ def parse_variants(specs: Iterable[str]) -> dict[str, dict[str, Any]]:
     return variants
 
 
+def variant_config(base_config: TrainConfig, name: str, overrides: dict[str, Any], **fixed: Any) -> TrainConfig:
+    """``base_config`` with a variant's ``overrides`` (and ``fixed`` fields such as the seed), validated;
+    an unknown field or a bad value is one ``ValueError`` naming the variant."""
+    try:
+        return TrainConfig.from_dict({**base_config.to_dict(), **overrides, **fixed}).validate()
+    except ValueError as error:
+        raise ValueError(f"variant {name!r}: {error}") from None
+
+
 def _parse_value(text: str) -> Any:
     for cast in (int, float):
         try:
@@ -202,16 +215,20 @@ def compare(base_config: TrainConfig, variants: dict[str, dict[str, Any]], seeds
     later, is evaluated on that split alone. A stored run whose ``config.yaml`` differs from the
     requested one is an error, not reused; so is an evaluation whose prompts are not those its split
     draws now (built-in tasks: the stored prompt ids); base-model folders (no config) are checked by
-    task, ``eval_n`` and prompts only. Without ``reuse``, every run starts afresh (``overwrite``).
+    task, ``eval_n`` and prompts only. Without ``reuse``, every run starts afresh (``overwrite``). Every
+    variant is validated (``variant_config``) before the first run starts.
     """
     out_dir, ks = Path(out_dir), base_config.eval_ks
     splits = resolve_splits(base_config, splits)
     rows: list[dict[str, Any]] = []
-    tiers = prompt_tiers(base_config)
     seeds = list(seeds)
     variant_seeds = {name: overrides.pop("seeds", seeds) for name, overrides in
                      ((name, dict(overrides)) for name, overrides in variants.items())}
     variants = {name: {k: v for k, v in overrides.items() if k != "seeds"} for name, overrides in variants.items()}
+    for name, overrides in variants.items():  # every variant is checked before the first run starts
+        for seed in variant_seeds[name]:
+            variant_config(base_config, name, overrides, seed=seed)
+    tiers = prompt_tiers(base_config)
     for seed in sorted(set(seeds).union(*variant_seeds.values())):
         base_dir = out_dir / "base" / f"seed{seed}"
         base_cfg = dataclasses.replace(base_config, seed=seed, output_dir=str(base_dir))
@@ -226,8 +243,8 @@ def compare(base_config: TrainConfig, variants: dict[str, dict[str, Any]], seeds
             if seed not in variant_seeds[name]:
                 continue
             run_dir = out_dir / name / f"seed{seed}"
-            cfg = dataclasses.replace(base_config, **overrides, seed=seed, output_dir=str(run_dir),
-                                      overwrite=base_config.overwrite or not reuse)
+            cfg = variant_config(base_config, name, overrides, seed=seed, output_dir=str(run_dir),
+                                 overwrite=base_config.overwrite or not reuse)
             stored = _stored(run_dir, cfg, base) if reuse else []
             if stored and len(stored) < len(base) and not _finished(run_dir, cfg):
                 stored = []  # no final checkpoint to evaluate the missing splits on: train again

@@ -283,10 +283,15 @@ def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
     return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
 
 
+BASE_MODEL_FILE = "base_model.json"
+"""Written next to a saved adapter: the base model's name and ``model_fingerprint`` (``dphrl-mini eval``
+refuses to load the adapter onto another base)."""
+
+
 def save_adapter(model: PeftModel, tokenizer: PreTrainedTokenizerBase, folder: str | Path,
                  config: dict | None = None) -> Path:
     """A self-contained adapter folder: PEFT's adapter files, the tokenizer and a model card (README.md)
-    naming the base model, the method and the training config."""
+    naming the base model, the method and the training config, and ``BASE_MODEL_FILE``."""
     folder = Path(folder)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
@@ -303,4 +308,6 @@ def save_adapter(model: PeftModel, tokenizer: PreTrainedTokenizerBase, folder: s
         f'tokenizer = AutoTokenizer.from_pretrained("{folder}")', "```", "",
         "## Training config", "", "```yaml", yaml.safe_dump(config, sort_keys=False).rstrip(), "```", ""]
     (folder / "README.md").write_text("\n".join(card))
+    record = {"model": config.get("model", base), "fingerprint": model_fingerprint(model, tokenizer)}
+    (folder / BASE_MODEL_FILE).write_text(json.dumps(record))
     return folder

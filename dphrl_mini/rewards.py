@@ -32,7 +32,8 @@ Departures from TRL's ``GRPOTrainer``, which lets an exception end the run:
 
 1. a function is first called on the whole batch; if it raises, it is called one completion at
    a time, and only the completions whose call raises score 0;
-2. a NaN, infinite or non-number reward scores 0; a wrong-length result scores the batch
+2. a NaN, infinite or non-number reward scores 0 (NaN and inf are also counted apart, logged by the
+   trainer as ``reward_nonfinite`` with a warning); a wrong-length result scores the batch
    completion by completion;
 3. every such failure is counted (``n_errors``, logged by the trainer as ``reward_errors``) and
    its traceback logged once per (function, exception type); ``fail_fast=True`` re-raises instead;
@@ -45,6 +46,7 @@ Departures from TRL's ``GRPOTrainer``, which lets an exception end the run:
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import inspect
 import json
 import logging
@@ -161,6 +163,10 @@ class _Hooks:
             log.metrics.setdefault(name, []).append(value)
 
 
+class NonFiniteReward(RewardError):
+    """A reward function returned NaN or inf (counted apart: ``score_completions(nonfinite=...)``)."""
+
+
 def reward_name(fn: Callable) -> str:
     """The name a reward function is reported by: its ``__qualname__``, or its class's for a callable object."""
     return getattr(fn, "__qualname__", None) or type(fn).__qualname__
@@ -173,6 +179,16 @@ def positional_only(fn: Callable) -> int:
     except (TypeError, ValueError):
         return 0
     return sum(p.kind is p.POSITIONAL_ONLY for p in parameters)
+
+
+def reward_identity(fn: Callable) -> str:
+    """``module.name`` of a reward function, with ``@`` and a hash of its source where ``inspect`` finds it,
+    so that an edited function is another reward (the pre-sampled split records it)."""
+    name = f"{getattr(fn, '__module__', None) or type(fn).__module__}.{reward_name(fn)}"
+    try:
+        return f"{name}@{hashlib.sha256(inspect.getsource(fn).encode()).hexdigest()[:12]}"
+    except (OSError, TypeError):  # built-in, or defined where there is no source file
+        return name
 
 
 def _log_once(fn: Callable, err: BaseException) -> None:
@@ -191,7 +207,7 @@ def _to_reward(value) -> float:
         raise RewardError(f"reward {value!r} is not a number")
     value = float(value)
     if not math.isfinite(value):
-        raise RewardError(f"reward {value} is not finite")
+        raise NonFiniteReward(f"reward {value} is not finite")
     return value
 
 
@@ -226,12 +242,13 @@ def _call(fn: Callable, n_positional: int, kwargs: dict[str, Any], n: int) -> li
 def score_completions(reward_fns: list[Callable], prompts: list, completions: list,
                       columns: dict[str, list], fail_fast: bool = False,
                       weights: list[float] | None = None,
-                      failures: dict[str, list[str]] | None = None, *,
+                      failures: dict[str, list[str]] | None = None, nonfinite: dict[str, int] | None = None, *,
                       completion_ids: list[list[int]] | None = None, trainer_state: RewardState | None = None,
                       log: RewardLog | None = None) -> tuple[np.ndarray, int]:
     """Rewards summed with ``weights`` (default 1 each), shape (N,), NaN where every function returned
     None, and the number of (function, completion) pairs that failed and scored 0. ``failures`` (if
     given) receives ``{function name: ["ErrorType: message", ...]}``, one entry per failed completion;
+    ``nonfinite`` (if given) ``{function name: count}`` of the failures that were NaN or inf rewards;
     ``log`` (if given) receives what the functions logged.
 
     >>> def ok(completions, **kwargs): return [float(c == "4") for c in completions]
@@ -272,6 +289,8 @@ def score_completions(reward_fns: list[Callable], prompts: list, completions: li
                 _log_once(fn, err)
                 if failures is not None:
                     failures.setdefault(reward_name(fn), []).append(f"{type(err).__name__}: {err}")
+                if nonfinite is not None and isinstance(err, NonFiniteReward):
+                    nonfinite[reward_name(fn)] = nonfinite.get(reward_name(fn), 0) + 1
                 batch_error = None
         if batch_error is not None:  # the batch call failed but every single call worked
             _log_once(fn, batch_error)
@@ -323,15 +342,17 @@ class Verifier:
         return cls([task.reward], None, correct_threshold, task.solution_key, task.NAME)
 
     def score(self, prompts: list, completions: list[str], columns: dict[str, list],
-              fail_fast: bool = False, failures: dict[str, list[str]] | None = None, *,
-              completion_ids: list[list[int]] | None = None, trainer_state: RewardState | None = None,
-              log: RewardLog | None = None) -> tuple[np.ndarray, int]:
+              fail_fast: bool = False, failures: dict[str, list[str]] | None = None,
+              nonfinite: dict[str, int] | None = None, *, completion_ids: list[list[int]] | None = None,
+              trainer_state: RewardState | None = None, log: RewardLog | None = None) -> tuple[np.ndarray, int]:
         """Total rewards (N,) (NaN: unscorable) and the number of failed calls; chat prompts get chat
-        completions. ``failures`` collects each function's errors, ``log`` what they logged (``score_completions``)."""
+        completions. ``failures`` collects each function's errors, ``nonfinite`` its NaN/inf counts, ``log``
+        what they logged (``score_completions``)."""
         if prompts and isinstance(prompts[0], list):  # conversational, as TRL passes it
             completions = [[{"role": "assistant", "content": c}] for c in completions]
         return score_completions(self.reward_fns, prompts, completions, columns, fail_fast, self.reward_weights,
-                                 failures, completion_ids=completion_ids, trainer_state=trainer_state, log=log)
+                                 failures, nonfinite, completion_ids=completion_ids, trainer_state=trainer_state,
+                                 log=log)
 
     def is_correct(self, rewards: np.ndarray) -> np.ndarray:
         return np.asarray(rewards) >= self.correct_threshold

@@ -195,6 +195,17 @@ def check_columns(rows: list[dict], verifier: Verifier, name: str) -> None:
                              "with (as in TRL); add **kwargs to its parameters")
 
 
+def check_task_columns(rows: list[dict], task, name: str) -> None:
+    """Every row has the columns the built-in ``task``'s reward reads, of the right kind (its ``check_row``:
+    e.g. Countdown's ``numbers`` and ``target`` are finite integers); else one line naming the row."""
+    for row in rows:
+        try:
+            task.check_row(row)
+        except ValueError as error:
+            raise ValueError(f"dataset {str(name)!r} row id {row['id']!r}: {error} (task {task.NAME!r} scores it; "
+                             "fix the row, or pass your own --reward)") from None
+
+
 def make_verifier(cfg: TrainConfig, reward_fns: list[Callable] | None = None) -> Verifier:
     """``reward_fns``, else ``cfg.reward`` specs, else the task's own reward and solution key."""
     fns = list(reward_fns or [load_reward(spec) for spec in cfg.reward or []])
@@ -236,6 +247,10 @@ def task_data(cfg: TrainConfig, reward_fns: list[Callable] | None = None, train_
             train, test = held_out(train, cfg.eval_fraction, cfg.data_seed)
         else:
             test = as_rows(eval_source, "eval_dataset", split="test")
+        if not (reward_fns or cfg.reward):  # the task's own reward scores these rows: its columns must fit
+            task = get_task(cfg.task)
+            for rows, where in ((train, source), (test, eval_source if eval_source is not None else source)):
+                check_task_columns(rows, task, where if isinstance(where, (str, Path)) else "the given dataset")
         rng = random.Random(cfg.data_seed)
         train = rng.sample(train, min(cfg.train_size, len(train)))
         evals = {"test": rng.sample(test, min(cfg.eval_size, len(test)))}

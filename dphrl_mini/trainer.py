@@ -53,7 +53,7 @@ from toy_bandits.mara import mara_rewards
 
 from . import checkpoint as ckpt
 from .config import TrainConfig, resume_changes
-from .data import PresampleResult, presample, reward_columns
+from .data import PresampleResult, presample, presample_source, reward_columns
 from .engine import RolloutEngine
 from .evaluate import EvalResult, evaluate
 from .losses import aggregate, clipped_surrogate, divergence_per_token, group_advantages, kl_penalty_per_token
@@ -224,6 +224,7 @@ class Trainer:
             return
         folder, acc = self.output_dir, self.accelerator
         saved = (folder / "presample.json").exists()
+        source = presample_source(cfg, self.verifier, self.train_rows, self.templated)  # checked when reused
         if not saved and acc.is_main_process:  # DDP: the main process samples, the others wait and load
             # the initial policy is pi_ref: presampling runs before any update (also when resuming)
             with reference_mode(self.policy) if isinstance(self.policy, PeftModel) else contextlib.nullcontext():
@@ -234,18 +235,13 @@ class Trainer:
                     batch_size=cfg.generation_batch_size, seed=cfg.seed, packed=cfg.pack_sequences,
                     prompts=[self.prompt_text(r) for r in self.train_rows], progress=cfg.progress,
                     add_special_tokens=not self.templated)
+            self.presampled.source = source
             folder.mkdir(parents=True, exist_ok=True)
             self.presampled.save(folder)
         if not saved:
             acc.wait_for_everyone()
         if self.presampled is None:
-            self.presampled = PresampleResult.load(folder, self.train_rows, self.fingerprint)
-            if (self.presampled.k, self.presampled.threshold) != (cfg.presample_k, cfg.presample_threshold):
-                raise ValueError(
-                    f"{folder / 'presample.json'} was made with presample_k={self.presampled.k}, "
-                    f"presample_threshold={self.presampled.threshold} but the config says presample_k="
-                    f"{cfg.presample_k}, presample_threshold={cfg.presample_threshold}; use another "
-                    "output_dir or delete presample.json and reference_store.pt to pre-sample again")
+            self.presampled = PresampleResult.load(folder, self.train_rows, self.fingerprint, source)
         if cfg.train_on in ("auto", "exploration", "learnable"):
             dph_or_exploration = cfg.dph_divergence() is not None or cfg.train_on == "exploration"
             pool = self.presampled.exploration if dph_or_exploration else self.train_rows
@@ -311,10 +307,15 @@ class Trainer:
         t_rollout = time.perf_counter() - t0
         failures: dict[str, list[str]] = {}
         reward_prompts, reward_log = [r["prompt"] for r in rows for _ in range(G)], RewardLog()
+        nonfinite: dict[str, int] = {}  # NaN/inf rewards per function (also among the failures)
         raw_rewards, reward_errors = self.verifier.score(  # rewards see the dataset's prompts, as in TRL
             reward_prompts, rollout.completions, reward_columns(rows, G), fail_fast=cfg.fail_fast, failures=failures,
-            completion_ids=rollout.completion_id_lists(), trainer_state=RewardState(self.step_index, cfg.steps),
-            log=reward_log)  # NaN: every reward None (unscorable), advantage 0
+            nonfinite=nonfinite, completion_ids=rollout.completion_id_lists(),
+            trainer_state=RewardState(self.step_index, cfg.steps), log=reward_log)  # NaN: every reward None, advantage 0
+        if nonfinite:
+            warnings.warn(f"step {self.step_index + 1}: reward function(s) returned NaN or inf ("
+                          + ", ".join(f"`{name}` {n}x" for name, n in nonfinite.items())
+                          + "), scored 0; a reward must be a finite number (metric reward_nonfinite)")
         failed_everywhere = {name: errors[0] for name, errors in failures.items() if len(errors) == len(raw_rewards)}
         self.reward_failure_streak = {name: self.reward_failure_streak.get(name, 0) + 1 for name in failed_everywhere}
         rewards = torch.tensor(raw_rewards, dtype=torch.float32, device=self.device)  # (B,)
@@ -357,7 +358,7 @@ class Trainer:
             **{k: float(np.mean(v)) if v else 0.0 for k, v in stats.items()},
             "completion_length": float(mask.sum(-1).mean()),
             "truncated_frac": float(rollout.truncated.float().mean()),
-            "reward_errors": int(reward_errors), "skipped_updates": skipped,
+            "reward_errors": int(reward_errors), "reward_nonfinite": sum(nonfinite.values()), "skipped_updates": skipped,
             "lr": float(self.scheduler.get_last_lr()[0]),
             "rollout_tokens_per_s": float(mask.sum()) / max(t_rollout, 1e-9),
             "time_rollout": t_rollout, "time_update": time.perf_counter() - t1,
@@ -602,8 +603,6 @@ class Trainer:
 
     def _train(self, resume: bool) -> list[dict]:
         cfg, folder = self.config, self.output_dir
-        if self.accelerator.is_main_process:
-            dataclasses.replace(cfg, overwrite=False).to_yaml(folder / "config.yaml")
         if cfg.report_to != "none":
             self.accelerator.init_trackers("dphrl-mini", config={k: v for k, v in cfg.to_dict().items()
                                                                    if isinstance(v, (int, float, str, bool))})
@@ -612,6 +611,8 @@ class Trainer:
             for log in ("metrics.jsonl", "evals.jsonl"):
                 (folder / log).write_text("")
         self.prepare_data()
+        if self.accelerator.is_main_process:  # after the data checks: a refused run does not claim the folder
+            dataclasses.replace(cfg, overwrite=False).to_yaml(folder / "config.yaml")
         if last is not None:
             self.load_checkpoint(last)
         else:  # same RNG state whether pre-sampling ran now or was loaded from an earlier attempt
