@@ -10,7 +10,8 @@ import torch
 from transformers import AutoTokenizer, LlamaForCausalLM
 
 from dphrl_mini.models import count_parameters, load_policy, model_fingerprint, reference_mode
-from dphrl_mini.tiny import TinyConfig, build_tokenizer, tiny_model_config
+from dphrl_mini.tiny import build_tokenizer, tiny_model_config
+from dphrl_mini.tiny_build import TinyConfig
 
 HAS_BNB = importlib.util.find_spec("bitsandbytes") is not None
 
