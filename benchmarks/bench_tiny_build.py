@@ -2,9 +2,9 @@
 
     python benchmarks/bench_tiny_build.py [--model tiny] [--steps 200] [--problems 300] [--json]
 
-The build time of a ``tiny`` recipe (``dphrl_mini.tiny.BUILT_IN``) depends on the CPU more than on
-anything else: ``tiny-30min2``'s two calls took 27.8 min on the 2-core CPU that built it and 45.1 min
-on another (``dphrl_mini/assets/README.md``). This benchmark times, on this machine and with the
+The build time of the ``tiny`` recipe (``dphrl_mini.tiny.BUILT_IN``) depends on the CPU more than on
+anything else (15.4 min on the 2-core CPU that built it; ``dphrl_mini/assets/README.md``). This
+benchmark times, on this machine and with the
 recipe's thread count, the three things a build is made of and projects the whole build from them:
 
 * a warm-start step (64 sequences of the recipe's own warm-start data, from random weights);

@@ -2,7 +2,7 @@
 
     python benchmarks/bench_tiny_optimizer.py [--model tiny] [--steps 800] [--every 200] [--json]
 
-A built-in model's warm start (``dphrl_mini.tiny``) is most of its build. This trains the same
+A built-in model's warm start (``dphrl_mini.tiny_build``) is most of its build. This trains the same
 initialization on the same warm-start data in the same batch order twice, ``--steps`` steps each with
 the cosine schedule over those steps: once with AdamW at ``lr`` on every parameter, once with Muon
 (``TinyConfig.optimizer="muon"``: ``torch.optim.Muon`` at ``muon_lr`` on the hidden matrices, AdamW at

@@ -70,7 +70,7 @@ def run_demo(out_dir: str | Path = "outputs/demo", quick: bool = False, steps: i
     fig = plot_pass_at_k_curves(out / "runs", split="test")
     fig.savefig(out / "pass_at_k.png", dpi=110, bbox_inches="tight")
     print("\nOne seed and a short run, in-domain only: results/countdown has three seeds, 150 steps and the "
-          "out-of-domain splits, from tiny-rft3, the built-in model in the papers' regime (notebook 04 tells the "
+          "out-of-domain splits, from tiny, the built-in model in the papers' regime (notebook 04 tells the "
           "whole story).")
     print(f"\nFigures: {out}/bandit_targets_fig3.png, {out}/bandit_targets_fig5.png, {out / 'pass_at_k.png'}")
     print(f"Tables: {out / 'runs'}/summary.csv (mean over seeds) and {out / 'runs'}/results.csv (per seed)")

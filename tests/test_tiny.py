@@ -241,7 +241,7 @@ def test_unsolved_problems_get_reference_solutions_only_when_asked(monkeypatch):
 @pytest.mark.slow
 def test_build_with_rejection_sampling_rounds(tmp_path, monkeypatch):
     monkeypatch.setattr(tiny_build, "RFT_PROBLEMS", {"countdown": 16, "sql": 2})
-    out = tiny_build.build_tiny_model(tmp_path / "tiny-rft", steps=0, init_from=str(tiny.tiny_model_path()), rft_rounds=1,
+    out = tiny_build.build_tiny_model(tmp_path / "tiny-round", steps=0, init_from=str(tiny.tiny_model_path()), rft_rounds=1,
                                 rft_steps=3, rft_samples=2, batch_size=4)
     readme = (out / "README.md").read_text()
     assert "--steps 0" in readme and "--rft-rounds 1" in readme and "--rft-steps 3" in readme
