@@ -1,10 +1,11 @@
 """Where data and rewards come from: a user's dataset and reward functions, or a built-in task.
 
 There is one way data enters the trainer: ``task_data`` returns the training rows, the evaluation
-rows per split and the ``Verifier`` that scores them, whether they come from
+rows per split and the ``Verifier`` that scores each split (``TaskData.verifier_for``: the run's, or
+the transfer task's), in one call, whether they come from
 
-* a **built-in task** (countdown, sql, math): its ``make_dataset`` splits and its own reward and
-  ``solution_key``;
+* a **built-in task** (countdown, sql, math): its ``make_dataset`` splits (``built_in_splits``) and
+  its own reward and ``solution_key``;
 * a **dataset** (``TrainConfig.dataset`` or ``train_dataset=``): a local ``.jsonl``/``.json``/
   ``.parquet``/``.csv`` file, a folder saved by ``datasets.save_to_disk``, a hub id, a
   ``datasets.Dataset`` or a list of dicts. As in TRL, column ``prompt`` is a string or a list of

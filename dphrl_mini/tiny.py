@@ -37,6 +37,7 @@ CHARS = ("\n",) + tuple(chr(i) for i in range(32, 127))
 ASSET_ROOT = Path(__file__).resolve().parent / "assets"
 ASSET_DIR = ASSET_ROOT / "tiny"
 
+
 def build_tokenizer(model_max_length: int = 256) -> PreTrainedTokenizerFast:
     """Character-level tokenizer over printable ASCII + newline, ``<bos>`` added, left padding."""
     vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS + CHARS)}

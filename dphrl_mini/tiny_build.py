@@ -112,7 +112,7 @@ class TinyConfig:
     num_threads: int = 2
     """``torch.set_num_threads``: the build must fit a small shared CPU."""
     init_from: str | None = None
-    """Start from this checkpoint instead of random weights (a second, SQL-heavier stage)."""
+    """Start from this checkpoint instead of random weights (a second stage of a build)."""
     rft_rounds: int = 0
     """Rounds of rejection-sampling fine-tuning after the warm start (``rft_pairs``): the model
     trains on its own distinct correct answers, which sharpens the problems it can solve (higher

@@ -50,13 +50,14 @@ from .config import TrainConfig
 from .data import PresampleResult, reward_columns
 from .engine import RolloutEngine
 from .evaluate import EvalResult, evaluate
-from .guards import OOM_HINT, NonFiniteError, RewardFunctionError, check_streaks  # noqa: F401 - the errors a run raises
+from .guards import OOM_HINT, NonFiniteError, RewardFunctionError, check_streaks  # noqa: F401 - the errors stay importable here
 from .losses import aggregate, clipped_surrogate, divergence_per_token, group_advantages, kl_penalty_per_token
 from .models import lean_lora, load_policy, model_fingerprint, reference_mode, save_adapter
 from .packing import packed_logps
 from .rollout import Rollout, sequence_logps
 from .shares import UpdateShares, clip_coefficient
 from .sources import task_data
+
 
 def _to_device(rollout: Rollout, device) -> Rollout:
     moved = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in vars(rollout).items()}
