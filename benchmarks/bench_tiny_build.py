@@ -2,9 +2,9 @@
 
     python benchmarks/bench_tiny_build.py [--model tiny] [--steps 200] [--problems 300] [--json]
 
-The build time of a ``tiny`` recipe (``dphrl_mini.tiny.BUILT_IN``) depends on the CPU more than on
-anything else: ``tiny-30min2``'s two calls took 27.8 min on the 2-core CPU that built it and 45.1 min
-on another (``dphrl_mini/assets/README.md``). This benchmark times, on this machine and with the
+The build time of the ``tiny`` recipe (``dphrl_mini.tiny.BUILT_IN``) depends on the CPU more than on
+anything else (15.4 min on the 2-core CPU that built it; ``dphrl_mini/assets/README.md``). This
+benchmark times, on this machine and with the
 recipe's thread count, the three things a build is made of and projects the whole build from them:
 
 * a warm-start step (64 sequences of the recipe's own warm-start data, from random weights);
@@ -33,19 +33,19 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from transformers import AutoTokenizer, LlamaForCausalLM  # noqa: E402
 
-from dphrl_mini import tiny  # noqa: E402
+from dphrl_mini import tiny, tiny_build, tiny_measure  # noqa: E402
 from dphrl_mini.evaluate import evaluate  # noqa: E402
 from dphrl_mini.tasks import countdown, sql  # noqa: E402
 
 BUDGET_MINUTES = 30.0
 
 
-def _step_seconds(model, tokenizer, pairs, cfg: tiny.TinyConfig, steps: int, lr: float,
+def _step_seconds(model, tokenizer, pairs, cfg: tiny_build.TinyConfig, steps: int, lr: float,
                   muon_lr: float | None = None) -> float:
-    """Mean wall time of one ``tiny._fit`` step over ``steps`` steps (the first 5 not counted). The mean, not
+    """Mean wall time of one ``tiny_build._fit`` step over ``steps`` steps (the first 5 not counted). The mean, not
     the median: batches are bucketed by length, so a long SQL batch takes several times a short one."""
     stamps = [time.perf_counter()]
-    tiny._fit(model, tokenizer, pairs, cfg, steps + 5, lr, 5, random.Random(0), log_every=1,
+    tiny_build._fit(model, tokenizer, pairs, cfg, steps + 5, lr, 5, random.Random(0), log_every=1,
               callback=lambda *_: stamps.append(time.perf_counter()), muon_lr=muon_lr)
     return (stamps[-1] - stamps[5]) / steps  # steps 6 .. steps + 5
 
@@ -53,12 +53,12 @@ def _step_seconds(model, tokenizer, pairs, cfg: tiny.TinyConfig, steps: int, lr:
 def run(name: str = "tiny", steps: int = 200, problems: int = 300) -> dict:
     if name not in tiny.BUILT_IN:
         raise ValueError(f"--model must be one of {sorted(tiny.BUILT_IN)}, got {name!r}")
-    cfg = tiny.TinyConfig(**tiny.BUILT_IN[name]())
+    cfg = tiny_build.TinyConfig(**tiny.BUILT_IN[name]())
     torch.set_num_threads(cfg.num_threads)
     torch.manual_seed(0)
     tokenizer = tiny.build_tokenizer(cfg.max_position_embeddings)
     start = time.perf_counter()
-    warm_pairs = tiny.sft_pairs(cfg) if cfg.steps else []
+    warm_pairs = tiny_build.sft_pairs(cfg) if cfg.steps else []
     data_seconds = time.perf_counter() - start
     warm_step = 0.0
     if cfg.steps:
@@ -71,15 +71,15 @@ def run(name: str = "tiny", steps: int = 200, problems: int = 300) -> dict:
         path = tiny.tiny_model_path(name)
         model = LlamaForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
         tokenizer = AutoTokenizer.from_pretrained(path)
-        counts = tiny.rft_problem_counts(cfg)
+        counts = tiny_build.rft_problem_counts(cfg)
         round_pairs, sampling = [], 0.0
-        for task in (countdown, sql):  # as ``tiny.rft_pairs`` samples
+        for task in (countdown, sql):  # as ``tiny_build.rft_pairs`` samples
             # the tasks in the round's proportions, so that the round steps see its mix of lengths
             size = max(1, round(problems * counts[task.NAME] / max(counts.values())))
-            rows = task.make_dataset("train", size, seed=tiny.RFT_SEED)
+            rows = task.make_dataset("train", size, seed=tiny_build.RFT_SEED)
             start = time.perf_counter()
             sampled = evaluate(model, tokenizer, rows, task, n=cfg.rft_samples,
-                               max_new_tokens=tiny.MAX_NEW_TOKENS[task.NAME], greedy=False, progress=False)
+                               max_new_tokens=tiny_measure.MAX_NEW_TOKENS[task.NAME], greedy=False, progress=False)
             per_problem = (time.perf_counter() - start) / size
             result[f"{task.NAME}_sample_s_per_problem"] = per_problem
             sampling += per_problem * counts[task.NAME]

@@ -2,7 +2,7 @@
 
     python benchmarks/bench_tiny_optimizer.py [--model tiny] [--steps 800] [--every 200] [--json]
 
-A built-in model's warm start (``dphrl_mini.tiny``) is most of its build. This trains the same
+A built-in model's warm start (``dphrl_mini.tiny_build``) is most of its build. This trains the same
 initialization on the same warm-start data in the same batch order twice, ``--steps`` steps each with
 the cosine schedule over those steps: once with AdamW at ``lr`` on every parameter, once with Muon
 (``TinyConfig.optimizer="muon"``: ``torch.optim.Muon`` at ``muon_lr`` on the hidden matrices, AdamW at
@@ -27,7 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from transformers import LlamaForCausalLM  # noqa: E402
 
-from dphrl_mini import tiny  # noqa: E402
+from dphrl_mini import tiny, tiny_build  # noqa: E402
 from dphrl_mini.tasks import countdown, sql  # noqa: E402
 
 
@@ -38,7 +38,7 @@ def heldout_loss(model, examples, pad_id: int, batch_size: int = 256) -> float:
     model.eval()
     for start in range(0, len(examples), batch_size):
         index = list(range(start, min(len(examples), start + batch_size)))
-        input_ids, attention_mask, labels = tiny._collate(examples, index, pad_id)
+        input_ids, attention_mask, labels = tiny_build._collate(examples, index, pad_id)
         n = int((labels[:, 1:] != -100).sum())  # the tokens the shifted loss averages over
         total += model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss.item() * n
         tokens += n
@@ -50,11 +50,11 @@ def run(name: str = "tiny", steps: int = 800, every: int = 200) -> list[dict]:
     if name not in tiny.BUILT_IN:
         raise ValueError(f"--model must be one of {sorted(tiny.BUILT_IN)}, got {name!r}")
     recipe = {k: v for k, v in tiny.BUILT_IN[name]().items() if k != "init_from"}
-    cfg = dataclasses.replace(tiny.TinyConfig(**recipe), steps=steps)
+    cfg = dataclasses.replace(tiny_build.TinyConfig(**recipe), steps=steps)
     torch.set_num_threads(cfg.num_threads)
     tokenizer = tiny.build_tokenizer(cfg.max_position_embeddings)
-    pairs = tiny.sft_pairs(cfg)
-    heldout = {task.NAME: tiny.encode_pairs(tokenizer, task.sft_examples(task.make_dataset("test", size, seed=0),
+    pairs = tiny_build.sft_pairs(cfg)
+    heldout = {task.NAME: tiny_build.encode_pairs(tokenizer, task.sft_examples(task.make_dataset("test", size, seed=0),
                                                                          per_problem=2, seed=1),
                                             cfg.max_position_embeddings)
                for task, size in ((countdown, 600), (sql, 300))}
@@ -75,7 +75,7 @@ def run(name: str = "tiny", steps: int = 800, every: int = 200) -> list[dict]:
             last[0] = time.perf_counter()
 
         muon_lr = dataclasses.replace(cfg, optimizer=optimizer).warm_start_muon_lr()
-        tiny._fit(model, tokenizer, pairs, cfg, steps, cfg.lr, cfg.warmup_steps, random.Random(cfg.seed),
+        tiny_build._fit(model, tokenizer, pairs, cfg, steps, cfg.lr, cfg.warmup_steps, random.Random(cfg.seed),
                   log_every=every, callback=record, muon_lr=muon_lr)
         rows += losses
     return rows

@@ -164,14 +164,8 @@ def _as_number(value: Any, integer: bool) -> Any:
 class TrainConfig:
     # --- model -------------------------------------------------------------------------------
     model: str = "tiny"
-    """Hugging Face id or local path; "tiny" is the built-in character-level model,
-    "tiny-rft" the same after a longer warm start and rejection-sampling fine-tuning, "tiny-rft2"
-    "tiny-rft" after a SQL-heavier warm start and a second round (the papers' regime in-domain; its
-    same-task ood splits are out of its reach), "tiny-rft3" "tiny-rft2" after a stage that adds the
-    halves held apart from the ood splits (the whole regime, ood included), "tiny-30min" close to
-    the in-domain regime from one 30-minute CPU build (`results/countdown_30min`), "tiny-30min2" a
-    30-minute build that misses test Pass@64 (91% on 600 prompts, against 95%; its README), "tiny-muon"
-    the whole regime from one 15-minute CPU build (a warm start with Muon, one short round)."""
+    """Hugging Face id or local path; "tiny" is the built-in character-level model, in the papers'
+    regime (moderate Pass@1, high Pass@k, a near-perfect set; ``dphrl_mini/assets/README.md``)."""
     quantization: str | None = None
     """None, "4bit" (NF4, double quant) or "8bit" (bitsandbytes)."""
     lora_rank: int = 16
@@ -345,6 +339,10 @@ class TrainConfig:
 
     def dph_divergence(self) -> str | None:
         return method_defaults(self.method)["divergence"]
+
+    def regularized(self) -> bool:
+        """A DPH term or a KL penalty, whose share of each update the trainer measures."""
+        return self.dph_divergence() is not None or self.method_kl_coef() > 0
 
     def needs_reference_model(self) -> bool:
         """The online reference (adapters disabled) is needed by the KL penalty (and so by MARA)."""

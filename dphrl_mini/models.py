@@ -2,12 +2,8 @@
 
 Behaviour of ``load_policy`` (DESIGN.md §2-3):
 
-1. ``"tiny"`` / ``"dphrl-mini/tiny"`` is the project's own character-level model and ``"tiny-rft"``
-   / ``"dphrl-mini/tiny-rft"`` the same after rejection-sampling fine-tuning, ``"tiny-rft2"`` after a
-   second round, ``"tiny-rft3"`` after a stage on the halves held apart from the ``ood`` splits,
-   ``"tiny-30min"`` close to the papers' in-domain regime in one 30-minute build, ``"tiny-30min2"``
-   a 30-minute build short of the regime's test Pass@64 only, ``"tiny-muon"`` the whole regime from
-   one 15-minute build (a Muon warm start) (``tiny.tiny_model_path(name)``);
+1. ``"tiny"`` / ``"dphrl-mini/tiny"`` is the project's own character-level model
+   (``tiny.tiny_model_path``; former names: ``tiny.RETIRED``);
    anything else is a Hugging Face id or local path loaded with ``AutoModelForCausalLM`` /
    ``AutoTokenizer``. A local folder is made absolute (so the adapter's
    ``base_model_name_or_path`` resolves from any working directory); a path that does not exist
@@ -56,7 +52,7 @@ _DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.
 
 
 def resolve_model_path(name_or_path: str) -> str:
-    """``"tiny"``/``"tiny-rft"`` -> the built-in checkpoint directory; an existing local folder -> its
+    """``"tiny"`` -> the built-in checkpoint directory; an existing local folder -> its
     absolute path; a hub id (``name`` or ``owner/name``) unchanged; a missing local path -> ``ValueError``."""
     from .sources import looks_like_path
     from .tiny import BUILT_IN, RETIRED, tiny_model_path

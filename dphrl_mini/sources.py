@@ -1,10 +1,11 @@
 """Where data and rewards come from: a user's dataset and reward functions, or a built-in task.
 
 There is one way data enters the trainer: ``task_data`` returns the training rows, the evaluation
-rows per split and the ``Verifier`` that scores them, whether they come from
+rows per split and the ``Verifier`` that scores each split (``TaskData.verifier_for``: the run's, or
+the transfer task's), in one call, whether they come from
 
-* a **built-in task** (countdown, sql, math): its ``make_dataset`` splits and its own reward and
-  ``solution_key``;
+* a **built-in task** (countdown, sql, math): its ``make_dataset`` splits (``built_in_splits``) and
+  its own reward and ``solution_key``;
 * a **dataset** (``TrainConfig.dataset`` or ``train_dataset=``): a local ``.jsonl``/``.json``/
   ``.parquet``/``.csv`` file, a folder saved by ``datasets.save_to_disk``, a hub id, a
   ``datasets.Dataset`` or a list of dicts. As in TRL, column ``prompt`` is a string or a list of
@@ -49,6 +50,10 @@ class TaskData:
     eval: dict[str, list[dict]]
     verifier: Verifier
     eval_verifiers: dict[str, Verifier] = field(default_factory=dict)
+
+    def verifier_for(self, split: str) -> Verifier:
+        """The verifier that scores ``split``: the run's, or another task's (``eval_verifiers``, "transfer")."""
+        return self.eval_verifiers.get(split, self.verifier)
 
 
 def looks_like_path(source: str) -> bool:
@@ -214,16 +219,30 @@ def make_verifier(cfg: TrainConfig, reward_fns: list[Callable] | None = None) ->
     return Verifier(fns, cfg.reward_weights, cfg.correct_threshold, normalized_text, "custom")
 
 
+def _split_name(cfg: TrainConfig, task: str, split: str) -> str:
+    """How errors name a built-in task's split: the ``task_source`` file for the run's own task, if any."""
+    return f"{cfg.task_source} ({split})" if cfg.task_source and task == cfg.task else f"built-in {task} {split} split"
+
+
+def built_in_splits(cfg: TrainConfig, task: str, sizes: dict[str, int]) -> dict[str, list[dict]]:
+    """Every split of built-in task ``task`` named in ``sizes`` (split -> rows wanted), drawn with
+    ``data_seed`` and checked (``validate_rows``); [] for a split that asks for no rows or that the task
+    lacks (math has no "shift"). The run's own math task reads ``task_source``."""
+    module = get_task(task)
+    kwargs = {"source": cfg.task_source} if task == cfg.task == "math" else {}
+    return {split: validate_rows(module.make_dataset(split, size, seed=cfg.data_seed, **kwargs)
+                                 if size and split in module.SPLITS else [],
+                                 _split_name(cfg, task, split), module.check_row)
+            for split, size in sizes.items()}
+
+
 def built_in_eval_rows(cfg: TrainConfig, split: str) -> list[dict]:
     """The rows of evaluation split ``split`` ("test", "ood", "shift" or "transfer": the
     ``transfer_task``'s test split) that a built-in task draws for ``cfg``; [] when the split asks for
     no rows or the task has no such split (math has no "shift"). "ood" and "shift" draw ``ood_size`` rows."""
     task, size, task_split = ((cfg.transfer_task, cfg.transfer_size, "test") if split == "transfer"
                               else (cfg.task, cfg.eval_size if split == "test" else cfg.ood_size, split))
-    if not task or not size or task_split not in get_task(task).SPLITS:
-        return []
-    kwargs = {"source": cfg.task_source} if task == cfg.task == "math" else {}
-    return get_task(task).make_dataset(task_split, size, seed=cfg.data_seed, **kwargs)
+    return built_in_splits(cfg, task, {task_split: size})[task_split] if task else []
 
 
 def task_data(cfg: TrainConfig, reward_fns: list[Callable] | None = None, train_dataset: Any = None,
@@ -232,14 +251,10 @@ def task_data(cfg: TrainConfig, reward_fns: list[Callable] | None = None, train_
     and ``eval_size`` test rows (``ood_size`` for a built-in task's "ood" and "shift" splits), drawn with ``data_seed``."""
     verifier = make_verifier(cfg, reward_fns)
     source = train_dataset if train_dataset is not None else cfg.dataset
-    if source is None:
-        task = get_task(cfg.task)
-        kwargs = {"source": cfg.task_source} if cfg.task == "math" else {}
-        name = (lambda split: f"{cfg.task_source} ({split})" if cfg.task_source  # noqa: E731
-                else f"built-in {cfg.task} {split} split")
-        train = validate_rows(task.make_dataset("train", cfg.train_size, seed=cfg.data_seed, **kwargs),
-                              name("train"), task.check_row)
-        evals = {s: validate_rows(built_in_eval_rows(cfg, s), name(s), task.check_row) for s in ("test", "ood", "shift")}
+    if source is None:  # every split of the built-in task in one call
+        evals = built_in_splits(cfg, cfg.task, {"train": cfg.train_size, "test": cfg.eval_size,
+                                                "ood": cfg.ood_size, "shift": cfg.ood_size})
+        train = evals.pop("train")
     else:
         train = as_rows(source, "train_dataset")
         eval_source = eval_dataset if eval_dataset is not None else cfg.eval_dataset
@@ -255,7 +270,7 @@ def task_data(cfg: TrainConfig, reward_fns: list[Callable] | None = None, train_
         train = rng.sample(train, min(cfg.train_size, len(train)))
         evals = {"test": rng.sample(test, min(cfg.eval_size, len(test)))}
     if not train:  # an empty pool would make the trainer wait forever for prompts
-        where = name("train") if source is None else f"{source if isinstance(source, (str, Path)) else 'train_dataset'} (train)"
+        where = _split_name(cfg, cfg.task, "train") if source is None else f"{source if isinstance(source, (str, Path)) else 'train_dataset'} (train)"
         raise ValueError(f"the training dataset {where} has 0 usable prompts (train_size={cfg.train_size}); "
                          "nothing to train on")
     for split, rows in evals.items():
@@ -264,8 +279,6 @@ def task_data(cfg: TrainConfig, reward_fns: list[Callable] | None = None, train_
     check_columns(train, verifier, str(source) if isinstance(source, (str, Path)) else "train_dataset")
     data = TaskData(train, evals, verifier)
     if cfg.transfer_task and cfg.transfer_size:  # another task's test split, scored by that task's verifier
-        other = get_task(cfg.transfer_task)
-        data.eval["transfer"] = validate_rows(built_in_eval_rows(cfg, "transfer"),
-                                              f"built-in {cfg.transfer_task} test split", other.check_row)
-        data.eval_verifiers["transfer"] = Verifier.for_task(other, cfg.correct_threshold)
+        data.eval["transfer"] = built_in_eval_rows(cfg, "transfer")
+        data.eval_verifiers["transfer"] = Verifier.for_task(get_task(cfg.transfer_task), cfg.correct_threshold)
     return data

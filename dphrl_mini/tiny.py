@@ -1,6 +1,8 @@
-"""The project's own tiny model: a character-level Llama, warm-started on the synthetic tasks.
+"""The project's own tiny model: a character-level Llama that every run can load without the hub.
 
-The hub is unreachable in tests and CI, so the project builds its own policy (DESIGN.md §2):
+The hub is unreachable in tests and CI, so the project ships its own policy (DESIGN.md §2). This
+module is what a run needs of it; the recipe that trains it is ``tiny_build.py``
+(``python -m dphrl_mini.tiny_build``), which a run never imports.
 
 1. **Tokenizer.** A real Hugging Face tokenizer (``tokenizers`` WordLevel model) whose vocabulary
    is the specials ``<pad> <bos> <eos> <unk>`` (ids 0-3), ``"\\n"`` and printable ASCII
@@ -8,58 +10,25 @@ The hub is unreachable in tests and CI, so the project builds its own policy (DE
    post-processor prepends ``<bos>``; ``padding_side="left"``. It reloads with
    ``AutoTokenizer.from_pretrained``.
 2. **Model.** A small ``LlamaForCausalLM`` (4 layers, 4 heads, 2 KV heads (GQA), tied
-   embeddings, 256 positions, ~1.8M parameters, fp32 safetensors < 9 MB).
-3. **Warm start.** Supervised fine-tuning on ``<bos> prompt completion <eos>`` with the loss on
-   the completion (and EOS) only. Problems come from each task's ``"train"`` generator with a
-   seed distinct from the RL prompts (``SFT_SEED + seed``), and each problem appears with
-   *several different correct solutions* drawn at random (``sft_examples``), so the initial
-   policy spreads its mass over many correct answers: moderate Pass@1, high Pass@k. Training is
-   deliberately short: an underfit, broad policy is what the RLVR experiments need; a sharp one
-   would leave nothing for Pass@k to measure. The ``"test"``, ``"ood"`` and ``"shift"`` splits are never used;
-   the halves held apart from "ood" (``countdown_ood_pretrain_problems``, ``sql_ood_pretrain_problems``)
-   may be, as a pretrained model has seen the kind of its out-of-domain tasks (off by default).
-4. **Rejection-sampling fine-tuning** (optional, ``rft_rounds``; STaR / RFT): the warm-started
-   model samples ``rft_samples`` answers for each of 4,000 training problems and trains on its own
-   distinct correct ones (``rft_pairs``). This is how an instruct model comes out of post-training:
-   sharper on what it can solve (higher Pass@1, a near-perfect set), still broad. Options, off by
-   default, add reference solutions for the problems no sample solved (STaR's rationalization) and
-   weigh each problem by its correct samples (``TinyConfig.rft_*``). The built-in
-   ``tiny-rft`` is ``tiny`` plus 1,500 more warm-start steps and one round of 32 samples;
-   ``tiny-rft2`` is ``tiny-rft`` plus a SQL-heavier warm-start stage and a second such round;
-   ``tiny-rft3`` is ``tiny-rft2`` plus a stage and a round that add the halves held apart from the
-   ``ood`` splits (``countdown_ood_pretrain_problems`` ...), which puts those splits within reach.
-   ``tiny-30min`` sits at the edges of the in-domain targets, within sampling noise of them, from
-   random weights in a 30-minute, 2-core build: one SQL-heavier warm start of 2,200 steps, then one
-   round of 32 samples. ``tiny-30min2`` (a warm start with the held-apart halves, then two rounds with
-   references and success weighting, 27.8 min) met every target on the 100 test prompts it was picked
-   on among nine round draws, and misses test Pass@64 on 600 (91%). ``tiny-muon`` meets every target
-   from random weights in one 15-minute, 2-core build: the same warm-start data trained with Muon on
-   the hidden matrices (``TinyConfig.optimizer``; after 1,600 steps, Countdown Pass@1 / Pass@64 32.8% / 99%,
-   where AdamW's 3,400 steps on the same data reached 8.4% / 93% on the same CPU, 100 test prompts),
-   then one short round of 16 samples and 150 steps.
-
-Each committed checkpoint (``dphrl_mini/assets/tiny``, ``tiny-rft``, ``tiny-rft2``, ``tiny-rft3``, ``tiny-30min``,
-``tiny-30min2``, ``tiny-muon``) has
-a README with the command that rebuilds it and the figures measured by ``measure`` (the project's
-evaluator, temperature 1, no top-k/top-p) against the papers' regime (``TARGETS``).
+   embeddings, 256 positions, ~1.8M parameters, fp32 safetensors < 9 MB), committed in
+   ``dphrl_mini/assets/tiny`` with a README: the command that rebuilds it and its measured figures.
+3. **Names.** ``BUILT_IN`` names the one built-in model, ``tiny``; ``RETIRED`` maps former names to
+   it (an alias) or to the git commit that holds their weights.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import math
 import os
-import random
-import statistics
-import time
-from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import LlamaConfig, PreTrainedTokenizerFast
+
+if TYPE_CHECKING:
+    from .tiny_build import TinyConfig
 
 logger = logging.getLogger(__name__)
 
@@ -67,17 +36,6 @@ SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<unk>")  # ids 0, 1, 2, 3
 CHARS = ("\n",) + tuple(chr(i) for i in range(32, 127))
 ASSET_ROOT = Path(__file__).resolve().parent / "assets"
 ASSET_DIR = ASSET_ROOT / "tiny"
-SFT_SEED = 12345  # SFT problems: the "train" generator, but not the RL prompts' seed
-RFT_SEED = 777  # rejection-sampling problems: the "train" generator with yet another seed
-RFT_PROBLEMS = {"countdown": 3000, "sql": 1000}  # training problems sampled per round
-RFT_WARMUP_STEPS = 20
-SQL_DRILL_QUESTIONS = 20  # questions per made-up schema in the warm start
-MAX_NEW_TOKENS = {"countdown": 32, "sql": 96}  # sampled tokens per answer, in the rounds and in `measure`
-MEASURE_PROMPTS, MEASURE_SAMPLES = 100, 64  # per split, per prompt (README numbers)
-# The targets' test split is measured on more prompts: with 100, Pass@64 moves a point per prompt, and a
-# model picked among several builds by its 100-prompt figure reads high there (tiny-30min2: 95% on the
-# 100, 91% and 89% on two draws of ~650 other held-out prompts; assets/README.md).
-MEASURE_TEST_PROMPTS = {"countdown": 600, "sql": 300}
 
 
 def build_tokenizer(model_max_length: int = 256) -> PreTrainedTokenizerFast:
@@ -111,120 +69,7 @@ def save_tokenizer(tokenizer: PreTrainedTokenizerFast, out_dir: str | Path) -> N
     config_path.write_text(json.dumps(config, indent=2) + "\n")
 
 
-@dataclass
-class TinyConfig:
-    """Everything that determines the tiny checkpoint (saved next to it as ``build_config``)."""
-
-    steps: int = 2000
-    """Optimizer steps of supervised warm-start."""
-    schedule_steps: int | None = None
-    """Length of the learning-rate schedule (default: ``steps``); ``steps < schedule_steps`` stops
-    that schedule early, reproducing an intermediate checkpoint of the longer run exactly."""
-    seed: int = 0
-    """Seed for initialization, data order and the SFT problems (``SFT_SEED + seed``)."""
-    hidden_size: int = 192
-    """Model width; 4 layers of 12*h^2 weights each give ~1.8M parameters at 192."""
-    num_hidden_layers: int = 4
-    num_attention_heads: int = 4
-    num_key_value_heads: int = 2
-    intermediate_size: int = 576
-    max_position_embeddings: int = 256
-    batch_size: int = 64
-    """Sequences per step."""
-    lr: float = 3e-3
-    """Peak AdamW learning rate (linear warm-up, cosine decay to 10%)."""
-    optimizer: str = "adamw"
-    """The warm start's optimizer: ``"adamw"``, or ``"muon"``: Muon (Jordan et al., 2024; ``torch.optim.Muon``,
-    momentum orthogonalized by Newton-Schulz) on the hidden weight matrices at ``muon_lr``, AdamW at ``lr`` on
-    the embeddings and norms, as nanochat trains. Rejection-sampling rounds use AdamW either way. Measured
-    (``assets/README.md``): after 800 steps of the same data, held-out Countdown loss 0.47 against AdamW's 0.74
-    (``benchmarks/bench_tiny_optimizer.py``)."""
-    muon_lr: float = 0.02
-    """Peak Muon learning rate of the hidden matrices (``optimizer="muon"``; same schedule as ``lr``)."""
-    warmup_steps: int = 50
-    weight_decay: float = 0.01
-    countdown_problems: int = 7000
-    """Distinct countdown problems in the SFT set, drawn from the whole "train" split (its natural mix)."""
-    countdown_mix_problems: int = 0
-    """More countdown problems (repeats allowed) drawn with the task's difficulty mix, the
-    distribution RL trains and tests on: more of the easy tier, which the near-perfect set needs."""
-    countdown_wide_problems: int = 0
-    """Countdown problems with targets 101-400 (``countdown.wide_rows``, never an RL or evaluation prompt)
-    added to the warm start, as a pretrained model has seen more arithmetic than its RL prompts. The
-    forms most "ood" problems need (``n*n-n``, ``(n-n)*n``) are 35% of their solutions and 2.5% of the
-    "train" split's, whose targets also have other solutions. 0: none. Measured (``assets/README.md``):
-    2,000 of them in a 3,600-step warm start lifted Countdown ood Pass@64 from 5% to 9% and cost every
-    in-domain figure, SQL most."""
-    countdown_ood_pretrain_problems: int = 0
-    """Sparse countdown problems from the half held apart from "ood" (``countdown.ood_pretrain_rows``)
-    added to the warm start. 0: none."""
-    sql_ood_pretrain_problems: int = 0
-    """Questions on the held-out schema from the half held apart from "ood" (``sql.ood_pretrain_rows``)
-    added to the warm start. 0: none."""
-    sql_problems: int = 1000
-    """Distinct SQL problems in the SFT set."""
-    sql_copy_numbers_only: bool = False
-    """SQL warm-start queries copy the question's numbers (``sql.copies_question_numbers``); the
-    ``k+1`` variants stay correct answers for RL and evaluation, but a character model that samples
-    them gets the arithmetic wrong."""
-    sql_drill_families: int = 0
-    """Made-up SQL schemas (``sql.schema_drill_examples``, 20 questions each) added to the warm start:
-    a drill in copying the question's table, column and value names, which the held-out "ood"
-    schema needs. 0: none. Measured (``assets/README.md``): 150 schemas over 1,200 steps did not teach copying;
-    1,200 or 3,000 over 2,000 (and 4,000) more steps teach copying only approximately (table names misspelt)."""
-    per_problem: int = 8
-    """Different correct solutions drawn per problem (``sft_examples``)."""
-    num_threads: int = 2
-    """``torch.set_num_threads``: the build must fit a small shared CPU."""
-    init_from: str | None = None
-    """Start from this checkpoint instead of random weights (a second, SQL-heavier stage)."""
-    rft_rounds: int = 0
-    """Rounds of rejection-sampling fine-tuning after the warm start (``rft_pairs``): the model
-    trains on its own distinct correct answers, which sharpens the problems it can solve (higher
-    Pass@1, a near-perfect set) as an instruct model's post-training does. 0: none."""
-    rft_steps: int = 600
-    """Optimizer steps per rejection-sampling round."""
-    rft_lr: float = 5e-4
-    """Peak learning rate of a rejection-sampling round."""
-    rft_samples: int = 8
-    """Completions sampled per training problem in a rejection-sampling round."""
-    rft_countdown_ood_pretrain_problems: int = 0
-    """Held-apart sparse countdown problems (``countdown.ood_pretrain_rows``, never RL or evaluation
-    prompts) sampled in each round beside the training problems. 0: none."""
-    rft_sql_problems: int | None = None
-    """SQL training problems sampled per round (default ``RFT_PROBLEMS["sql"]``, 1,000). Fewer leave more of
-    a round's steps to Countdown, and sampling SQL's longer answers is most of a round's sampling time."""
-    rft_unsolved_references: int = 0
-    """Reference solutions (``sft_examples``, up to this many) added to a round for each of its problems
-    that no sample solved. STaR (Zelikman et al., 2022) "rationalizes" a failed problem: the model is shown
-    the answer and writes a solution that reaches it; here the solution *is* the answer, so the analogue
-    is a reference solution. Without it a round trains only where the model already succeeds and narrows
-    the hard tier (lower Pass@64). 0: none."""
-    rft_weight_by_success: bool = False
-    """Repeat each solved problem's distinct correct answers so that the problem weighs as many pairs as
-    it had correct samples (answers kept uniform among themselves), as training on every correct sample
-    (STaR) weights problems; off: each distinct answer once (RFT's de-duplication), which weighs a
-    problem by how many different answers it has."""
-    rft_replay: float = 0.0
-    """Warm-start pairs (``sft_pairs``, drawn at random) added to each round, as a multiple of the
-    round's own pairs: RFT as Yuan et al. (2023) run it trains on the SFT data next to the distinct
-    rejection samples. 0: the round trains on its own samples only. Measured (``assets/README.md``): 0.5 and 1.0
-    keep the model broader (higher Pass@64, Countdown ood up to 19%) and blunter (fewer near-perfect
-    prompts, lower Pass@1) than 0."""
-    rft_interpolation: float = 1.0
-    """After the rounds, move the weights back towards those the rounds started from:
-    ``(1 - a) * start + a * end`` with ``a`` this value (WiSE-FT, Wortsman et al., 2022, which interpolates a
-    fine-tuned model with its start to keep the start's breadth). 1.0: the rounds' weights as they are.
-    Measured (``assets/README.md``, ``tiny-30min2``'s two calls rerun on another CPU): 0.75 and 0.5 gave back
-    Pass@1 and the near-perfect set (24.2% to 20.6% and 16.3%; 5.5% to 4.0% and 1.6%) for one more prompt of
-    Pass@64."""
-
-    def warm_start_muon_lr(self) -> float | None:
-        """Muon's peak learning rate in the warm start (``_fit``'s ``muon_lr``), None with AdamW."""
-        return self.muon_lr if self.optimizer == "muon" else None
-
-
-def tiny_model_config(cfg: TinyConfig, vocab_size: int) -> LlamaConfig:
+def tiny_model_config(cfg: "TinyConfig", vocab_size: int) -> LlamaConfig:
     """The Llama architecture of the tiny model (GQA, tied embeddings)."""
     return LlamaConfig(
         vocab_size=vocab_size,
@@ -239,371 +84,6 @@ def tiny_model_config(cfg: TinyConfig, vocab_size: int) -> LlamaConfig:
         eos_token_id=SPECIAL_TOKENS.index("<eos>"),
         pad_token_id=SPECIAL_TOKENS.index("<pad>"),
     )
-
-
-def sft_pairs(cfg: TinyConfig) -> list[tuple[str, str]]:
-    """(prompt, completion) pairs from every tiny task, several correct solutions per problem."""
-    from dphrl_mini.tasks import get_task
-
-    countdown, sql = get_task("countdown"), get_task("sql")
-    seed = SFT_SEED + cfg.seed
-    rows = countdown.make_dataset("train", cfg.countdown_problems, seed=seed, mix=False) if cfg.countdown_problems else []
-    if cfg.countdown_mix_problems:
-        rows += countdown.make_dataset("train", cfg.countdown_mix_problems, seed=seed + 1)
-    if cfg.countdown_wide_problems:
-        rows += countdown.wide_rows(cfg.countdown_wide_problems, seed=seed + 2)
-    if cfg.countdown_ood_pretrain_problems:
-        rows += countdown.ood_pretrain_rows(cfg.countdown_ood_pretrain_problems, seed=seed + 3)
-    pairs = countdown.sft_examples(rows, per_problem=cfg.per_problem, seed=seed)
-    if cfg.sql_problems:
-        rows = sql.make_dataset("train", cfg.sql_problems, seed=seed)
-        pairs += sql.sft_examples(rows, per_problem=cfg.per_problem, seed=seed,
-                                  copy_numbers_only=cfg.sql_copy_numbers_only)
-    if cfg.sql_ood_pretrain_problems:
-        rows = sql.ood_pretrain_rows(cfg.sql_ood_pretrain_problems, seed=seed + 3)
-        pairs += sql.sft_examples(rows, per_problem=cfg.per_problem, seed=seed + 3,
-                                  copy_numbers_only=cfg.sql_copy_numbers_only)
-    if cfg.sql_drill_families:
-        pairs += sql.schema_drill_examples(cfg.sql_drill_families, SQL_DRILL_QUESTIONS, cfg.per_problem, seed,
-                                           copy_numbers_only=cfg.sql_copy_numbers_only)
-    return pairs
-
-
-def encode_pairs(tokenizer, pairs, max_length: int) -> list[tuple[list[int], int]]:
-    """``<bos> prompt completion <eos>`` ids and the number of prompt tokens (incl. ``<bos>``)."""
-    out = []
-    for prompt, completion in pairs:
-        prompt_ids = tokenizer(prompt)["input_ids"]  # starts with <bos>
-        completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
-        ids = prompt_ids + completion_ids + [tokenizer.eos_token_id]
-        if len(ids) <= max_length:
-            out.append((ids, len(prompt_ids)))
-    return out
-
-
-def _batches(examples, batch_size: int, rng: random.Random):
-    """Endless length-bucketed batches: shuffle, sort within chunks of 50 batches, shuffle batches."""
-    while True:
-        order = list(range(len(examples)))
-        rng.shuffle(order)
-        batches = []
-        chunk = 50 * batch_size
-        for start in range(0, len(order), chunk):
-            part = sorted(order[start : start + chunk], key=lambda i: len(examples[i][0]))
-            batches += [part[i : i + batch_size] for i in range(0, len(part), batch_size)]
-        rng.shuffle(batches)
-        yield from batches
-
-
-def _collate(examples, index: list[int], pad_id: int):
-    """Right-padded (input_ids, attention_mask, labels); labels are -100 on prompt and padding."""
-    width = max(len(examples[i][0]) for i in index)
-    input_ids = torch.full((len(index), width), pad_id, dtype=torch.long)  # (B, T)
-    labels = torch.full((len(index), width), -100, dtype=torch.long)  # (B, T)
-    attention_mask = torch.zeros((len(index), width), dtype=torch.long)  # (B, T)
-    for row, i in enumerate(index):
-        ids, n_prompt = examples[i]
-        input_ids[row, : len(ids)] = torch.tensor(ids)
-        attention_mask[row, : len(ids)] = 1
-        labels[row, n_prompt : len(ids)] = torch.tensor(ids[n_prompt:])  # completion + EOS
-    return input_ids, attention_mask, labels
-
-
-def train_tiny(cfg: TinyConfig, log_every: int = 50, callback=None):
-    """Build tokenizer + model (random, or ``init_from``), run the supervised warm start and then
-    ``rft_rounds`` rounds of rejection-sampling fine-tuning; returns (model, tokenizer)."""
-    if cfg.rft_replay < 0:
-        raise ValueError(f"rft_replay must be >= 0 (a multiple of the round's pairs), got {cfg.rft_replay}")
-    if cfg.rft_unsolved_references < 0:
-        raise ValueError(f"rft_unsolved_references must be >= 0 (solutions per unsolved problem), "
-                         f"got {cfg.rft_unsolved_references}")
-    if not 0.0 <= cfg.rft_interpolation <= 1.0:
-        raise ValueError(f"rft_interpolation must be in [0, 1] (the rounds' share of the final weights), "
-                         f"got {cfg.rft_interpolation}")
-    if cfg.optimizer not in ("adamw", "muon"):
-        raise ValueError(f"optimizer must be 'adamw' or 'muon', got {cfg.optimizer!r}")
-    if cfg.rft_sql_problems is not None and cfg.rft_sql_problems < 0:
-        raise ValueError(f"rft_sql_problems must be >= 0 (SQL problems per round), got {cfg.rft_sql_problems}")
-    torch.manual_seed(cfg.seed)
-    rng = random.Random(cfg.seed)
-    tokenizer = build_tokenizer(cfg.max_position_embeddings)
-    if cfg.init_from:
-        model = LlamaForCausalLM.from_pretrained(cfg.init_from, dtype=torch.float32)
-    else:
-        model = LlamaForCausalLM(tiny_model_config(cfg, len(tokenizer)))
-    warm_start = sft_pairs(cfg) if cfg.steps or cfg.rft_replay else []
-    if cfg.steps:
-        _fit(model, tokenizer, warm_start, cfg, cfg.steps, cfg.lr, cfg.warmup_steps, rng, log_every, callback,
-             schedule_steps=cfg.schedule_steps, muon_lr=cfg.warm_start_muon_lr())
-    interpolate = cfg.rft_rounds > 0 and cfg.rft_interpolation < 1.0
-    start_weights = {name: p.detach().clone() for name, p in model.named_parameters()} if interpolate else {}
-    for round_index in range(cfg.rft_rounds):
-        model.eval()
-        pairs = rft_pairs(model, tokenizer, seed=cfg.seed, round_index=round_index, samples=cfg.rft_samples,
-                          countdown_ood_pretrain=cfg.rft_countdown_ood_pretrain_problems,
-                          unsolved_references=cfg.rft_unsolved_references, sql_problems=cfg.rft_sql_problems,
-                          weight_by_success=cfg.rft_weight_by_success)
-        logger.info("rejection-sampling round %d/%d: %d pairs", round_index + 1, cfg.rft_rounds, len(pairs))
-        if cfg.rft_replay:
-            pairs += rng.sample(warm_start, min(len(warm_start), round(cfg.rft_replay * len(pairs))))
-        _fit(model, tokenizer, pairs, cfg, cfg.rft_steps, cfg.rft_lr, RFT_WARMUP_STEPS, rng, log_every)
-    if interpolate:
-        interpolate_weights(model, start_weights, cfg.rft_interpolation)
-        logger.info("weights interpolated: %.2f x rounds + %.2f x start", cfg.rft_interpolation,
-                    1 - cfg.rft_interpolation)
-    model.eval()
-    return model, tokenizer
-
-
-@torch.no_grad()
-def interpolate_weights(model, start_weights: dict[str, torch.Tensor], weight: float) -> None:
-    """In place: every parameter becomes ``(1 - weight) * start + weight * current`` (WiSE-FT's
-    interpolation; ``start_weights`` maps ``named_parameters`` names to tensors, tied weights once)."""
-    for name, param in model.named_parameters():
-        param.copy_(torch.lerp(start_weights[name].to(param.dtype), param, weight))
-
-
-def rft_pairs(model, tokenizer, seed: int = 0, round_index: int = 0, samples: int = TinyConfig.rft_samples,
-              countdown_ood_pretrain: int = 0, unsolved_references: int = 0,
-              sql_problems: int | None = None, weight_by_success: bool = False) -> list[tuple[str, str]]:
-    """Rejection sampling (STaR / RFT): ``samples`` completions at temperature 1 for each of
-    ``RFT_PROBLEMS[task]`` training problems (``RFT_SEED + seed``, the same problems every round), and
-    every *distinct* correct answer (``solution_key``) kept once as a (prompt, completion) pair: the
-    model's own solutions, each distinct answer once by default, nothing for unsolved ones.
-    ``countdown_ood_pretrain`` held-apart sparse problems (``countdown.ood_pretrain_rows``) join the
-    Countdown ones. ``unsolved_references`` > 0 adds up to that many reference solutions
-    (``sft_examples``) for each problem no sample solved (STaR's rationalization, ``TinyConfig``).
-    ``sql_problems`` overrides ``RFT_PROBLEMS["sql"]``; ``weight_by_success`` repeats each problem's
-    answers ``round(correct / distinct)`` times (``TinyConfig.rft_weight_by_success``)."""
-    from .evaluate import evaluate
-    from .tasks import countdown, sql
-
-    pairs = []
-    for task in (countdown, sql):
-        max_new = MAX_NEW_TOKENS[task.NAME]
-        size = sql_problems if task is sql and sql_problems is not None else RFT_PROBLEMS[task.NAME]
-        rows = task.make_dataset("train", size, seed=RFT_SEED + seed)
-        if task is countdown and countdown_ood_pretrain:
-            rows += countdown.ood_pretrain_rows(countdown_ood_pretrain, seed=RFT_SEED + seed)
-        result = evaluate(model, tokenizer, rows, task, n=samples, max_new_tokens=max_new,
-                          seed=seed + round_index, greedy=False, progress=False)
-        for row, keys, correct in zip(rows, result.distinct_keys, result.correct):
-            repeats = max(1, round(correct / len(keys))) if weight_by_success and keys else 1
-            pairs += [(row["prompt"], key) for key in sorted(keys) for _ in range(repeats)]
-        unsolved = [row for row, keys in zip(rows, result.distinct_keys) if not keys]
-        if unsolved_references and unsolved:
-            references = task.sft_examples(unsolved, per_problem=unsolved_references, seed=RFT_SEED + seed + round_index)
-            logger.info("%s: %d of %d problems unsolved, %d reference solutions added", task.NAME, len(unsolved),
-                        len(rows), len(references))
-            pairs += references
-    return pairs
-
-
-def rft_problem_counts(cfg: TinyConfig) -> dict[str, int]:
-    """Problems a rejection-sampling round samples per task (Countdown's include the held-apart sparse ones)."""
-    return {"countdown": RFT_PROBLEMS["countdown"] + cfg.rft_countdown_ood_pretrain_problems,
-            "sql": RFT_PROBLEMS["sql"] if cfg.rft_sql_problems is None else cfg.rft_sql_problems}
-
-
-def _optimizers(model, weight_decay: float, lr: float,
-                muon_lr: float | None) -> list[tuple[torch.optim.Optimizer, float]]:
-    """(optimizer, peak learning rate) pairs: AdamW on every parameter, or with ``muon_lr`` Muon on the
-    hidden weight matrices and AdamW on the (tied) embeddings and the norms."""
-    def adamw(params):
-        decay, no_decay = [p for p in params if p.ndim >= 2], [p for p in params if p.ndim < 2]
-        groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=(0.9, 0.98))
-
-    if muon_lr is None:
-        return [(adamw(list(model.parameters())), lr)]
-    if not hasattr(torch.optim, "Muon"):
-        raise RuntimeError(f"optimizer='muon' needs torch.optim.Muon (torch >= 2.9); this is torch {torch.__version__}")
-    hidden = [p for n, p in model.named_parameters() if p.ndim == 2 and "embed" not in n]
-    rest = [p for n, p in model.named_parameters() if p.ndim != 2 or "embed" in n]
-    return [(torch.optim.Muon(hidden, lr=muon_lr, weight_decay=weight_decay), muon_lr), (adamw(rest), lr)]
-
-
-def _fit(model, tokenizer, pairs, cfg: TinyConfig, steps: int, lr: float, warmup_steps: int, rng: random.Random,
-         log_every: int = 50, callback=None, schedule_steps: int | None = None, muon_lr: float | None = None) -> None:
-    """``steps`` optimizer steps of next-token loss on the completions of ``pairs`` (linear warm-up,
-    cosine decay to 10% of the peak over ``schedule_steps``, default ``steps``): AdamW at ``lr``, or with
-    ``muon_lr`` Muon on the hidden matrices (``_optimizers``)."""
-    examples = encode_pairs(tokenizer, pairs, cfg.max_position_embeddings)
-    logger.info("tiny: %d SFT sequences, %d parameters", len(examples), model.num_parameters())
-    optimizers = _optimizers(model, cfg.weight_decay, lr, muon_lr)
-
-    def schedule(step: int) -> float:  # linear warm-up, cosine decay to 10% of the peak
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = (step - warmup_steps) / max(1, (schedule_steps or steps) - warmup_steps)
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
-
-    model.train()
-    batches = _batches(examples, cfg.batch_size, rng)
-    start, running = time.time(), 0.0
-    for step in range(steps):
-        input_ids, attention_mask, labels = _collate(examples, next(batches), tokenizer.pad_token_id)
-        for optimizer, peak in optimizers:
-            for group in optimizer.param_groups:
-                group["lr"] = peak * schedule(step)
-        loss = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        for optimizer, _ in optimizers:
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        running += loss.item()
-        if (step + 1) % log_every == 0 or step + 1 == steps:
-            n = (step % log_every) + 1
-            logger.info("step %d/%d loss %.4f (%.0fs)", step + 1, steps, running / n, time.time() - start)
-            running = 0.0
-            if callback is not None:
-                callback(step + 1, model, tokenizer)
-
-
-def measure(model, tokenizer, n_prompts: int = MEASURE_PROMPTS, n: int = MEASURE_SAMPLES, seed: int = 0,
-            train_prompts: dict[str, int] | None = None, test_prompts: dict[str, int] | None = None,
-            progress: bool = False) -> dict[str, dict]:
-    """The figures the RLVR experiments need from a base model, with the project's own evaluator
-    (``evaluate.evaluate``: temperature 1, no top-p; the experiments' sampler and scorer):
-
-    * ``{task}/test``, ``{task}/ood`` and ``{task}/shift``: Pass@1, Pass@n and distinct correct
-      solutions per prompt on held-out prompts, ``test_prompts[task]`` (``MEASURE_TEST_PROMPTS``) for the
-      test split and ``n_prompts`` for the others (Countdown also per difficulty); the test split's
-      Pass@1 and Pass@n also with their standard errors over prompts;
-    * ``{task}/train``: on the RL training prompts (``make_dataset("train", size, seed=0)``, the
-      experiments' ``train_size``), the share that is near-perfect under the released rule (4 of 4
-      samples correct) and under "6 of 8", and the 4-of-4 share's expectation over draws of the rule,
-      estimated from the 8 samples (with its standard error).
-    """
-    from .evaluate import all_of_k, evaluate, pass_at_k
-    from .tasks import countdown, sql
-
-    train_prompts = train_prompts or {"countdown": 2000, "sql": 400}
-    test_prompts = test_prompts or MEASURE_TEST_PROMPTS
-    results: dict[str, dict] = {}
-    for task in (countdown, sql):
-        max_new = MAX_NEW_TOKENS[task.NAME]
-        for split in ("test", "ood", "shift"):
-            rows = task.make_dataset(split, test_prompts[task.NAME] if split == "test" else n_prompts, seed=seed)
-            result = evaluate(model, tokenizer, rows, task, n=n, ks=[1, n], max_new_tokens=max_new, seed=seed,
-                              greedy=False, progress=progress)
-            summary = result.summary()
-            results[f"{task.NAME}/{split}"] = {k: summary[k] for k in ("pass@1", f"pass@{n}", "distinct_correct")}
-            if split == "test":  # standard errors over prompts: is a figure near its bound within noise?
-                for k in (1, n):
-                    results[f"{task.NAME}/test"][f"pass@{k} (std err)"] = _std_err(
-                        [pass_at_k(n, c, k) for c in result.correct])
-            if "difficulty" in rows[0]:
-                for level in task.DIFFICULTIES:
-                    c = [c for c, row in zip(result.correct, rows) if row["difficulty"] == level]
-                    if c:
-                        results[f"{task.NAME}/{split}"][f"pass@1 {level}"] = sum(c) / (n * len(c))
-        rows = task.make_dataset("train", train_prompts[task.NAME], seed=0)
-        shares, correct = {}, {}
-        for k, need in ((4, 4), (8, 6)):
-            correct[k] = evaluate(model, tokenizer, rows, task, n=k, max_new_tokens=max_new, seed=seed + k,
-                                  greedy=False, progress=progress).correct
-            shares[f"near-perfect {need}/{k}"] = sum(c >= need for c in correct[k]) / len(rows)
-        # The 4/4 share above is one draw of the released rule (near 10% it varies by about 0.7 points,
-        # 13 of 2,000 prompts, from draw to draw); its expectation, estimated without bias from the 8
-        # samples of each prompt (``all_of_k``: C(c, 4) / C(8, 4)), with its standard error.
-        chances = [all_of_k(8, c, 4) for c in correct[8]]
-        shares["expected near-perfect 4/4"] = sum(chances) / len(rows)
-        shares["expected near-perfect 4/4 (std err)"] = _std_err(chances)
-        results[f"{task.NAME}/train"] = shares
-    return results
-
-
-def _std_err(values: list[float]) -> float:
-    """Standard error of the mean of per-prompt values."""
-    return statistics.stdev(values) / math.sqrt(len(values))
-
-
-TARGETS: tuple[tuple[str, str, float, float], ...] = (
-    # (result key, metric, lower bound, upper bound): the papers' regime in miniature
-    ("countdown/test", "pass@1", 0.30, 0.50),
-    ("countdown/test", f"pass@{MEASURE_SAMPLES}", 0.95, 1.0),
-    ("countdown/test", "pass@1 (std err)", 0.0, 1.0),
-    ("countdown/test", f"pass@{MEASURE_SAMPLES} (std err)", 0.0, 1.0),
-    ("countdown/test", "distinct_correct", 3.0, float("inf")),
-    ("countdown/train", "near-perfect 4/4", 0.10, 1.0),
-    ("countdown/train", "expected near-perfect 4/4", 0.0, 1.0),
-    ("countdown/train", "expected near-perfect 4/4 (std err)", 0.0, 1.0),
-    ("countdown/train", "near-perfect 6/8", 0.0, 1.0),
-    ("countdown/ood", f"pass@{MEASURE_SAMPLES}", 0.20, 1.0),
-    ("countdown/shift", f"pass@{MEASURE_SAMPLES}", 0.20, 1.0),
-    ("sql/test", "pass@1", 0.10, 1.0),
-    ("sql/test", f"pass@{MEASURE_SAMPLES}", 0.50, 1.0),
-    ("sql/test", "pass@1 (std err)", 0.0, 1.0),
-    ("sql/test", f"pass@{MEASURE_SAMPLES} (std err)", 0.0, 1.0),
-    ("sql/train", "near-perfect 4/4", 0.0, 1.0),
-    ("sql/ood", f"pass@{MEASURE_SAMPLES}", 0.20, 1.0),
-    ("sql/shift", f"pass@{MEASURE_SAMPLES}", 0.20, 1.0),
-)
-
-
-def figures_table(results: dict[str, dict]) -> str:
-    """Every measured figure as a Markdown table, each target marked met or missed (4 decimals: a
-    share of 2,000 prompts that misses its bound by one prompt, 0.0995, does not print as 0.100)."""
-    lines = ["| split | figure | value | target | |", "|---|---|---|---|---|"]
-    targeted = set()
-    for key, metric, lo, hi in TARGETS:
-        if key not in results or metric not in results[key]:
-            continue
-        targeted.add((key, metric))
-        value = results[key][metric]
-        target = "report" if (lo, hi) == (0.0, 1.0) else (f">= {lo:g}" if hi in (1.0, float("inf")) else f"{lo:g}-{hi:g}")
-        verdict = "" if target == "report" else ("met" if lo <= value <= hi else "**missed**")
-        lines.append(f"| {key} | {metric} | {value:.4f} | {target} | {verdict} |".replace("|  |", "| |"))
-    lines += [f"| {key} | {metric} | {value:.4f} | | |" for key, figures in results.items()
-              for metric, value in figures.items() if (key, metric) not in targeted]
-    return "\n".join(lines)
-
-
-def _readme(cfg: TinyConfig, n_params: int, seconds: float, results: dict[str, dict] | None, out: Path) -> str:
-    """The checkpoint's README: the command that rebuilds it, its size, and the measured metrics."""
-    defaults = TinyConfig()
-    args = ""
-    for f in fields(TinyConfig):
-        value = getattr(cfg, f.name)
-        if value != getattr(defaults, f.name) and f.name != "num_threads":
-            args += f" --{f.name.replace('_', '-')}" + ("" if isinstance(value, bool) else f" {value}")
-    where = f"dphrl_mini/assets/{out.name}" if out.resolve().parent == ASSET_ROOT else str(out)
-    counts = rft_problem_counts(cfg)
-    round_problems = f"{RFT_PROBLEMS['countdown'] + counts['sql']:,} training"
-    if cfg.rft_countdown_ood_pretrain_problems:
-        round_problems += f" and {cfg.rft_countdown_ood_pretrain_problems:,} held-apart"
-    lines = [
-        f"# dphrl-mini {out.name} model",
-        "",
-        "A character-level Llama (4 layers, 4 heads, 2 KV heads, tied embeddings) built by the",
-        "project itself and warm-started by supervised fine-tuning on countdown and SQL problems with",
-        "several different correct solutions per problem (see `dphrl_mini/tiny.py`)"
-        + (f", then {cfg.rft_rounds} round{'s' * (cfg.rft_rounds > 1)} of rejection-sampling fine-tuning on its own "
-           "distinct correct answers (`rft_pairs`)" if cfg.rft_rounds else "") + ". Reproduce it with",
-        "",
-        "```",
-        f"python -m dphrl_mini.tiny --out {where}{args}",
-        "```",
-        "",
-        f"- parameters: {n_params:,} (float32 safetensors)",
-        f"- training: {cfg.steps} steps x {cfg.batch_size} sequences"
-        + (f" + {cfg.rft_rounds} x ({cfg.rft_samples} samples for each of {round_problems} problems, "
-           f"{cfg.rft_steps} steps)" if cfg.rft_rounds else "")
-        + f", {seconds / 60:.1f} min on {cfg.num_threads} CPU threads",
-        f"- build config: `{asdict(cfg)}`",
-        "",
-    ]
-    if results:
-        lines += [f"Measured after the build by `tiny.measure` (the project's evaluator, temperature 1.0, no "
-                  f"top-k/top-p; {MEASURE_SAMPLES} samples for each held-out prompt: {MEASURE_TEST_PROMPTS['countdown']} "
-                  f"Countdown and {MEASURE_TEST_PROMPTS['sql']} SQL test prompts, {MEASURE_PROMPTS} per other split; "
-                  "near-perfect shares over the experiments' RL training prompts). Targets: the papers' regime "
-                  "(moderate Pass@1, high Pass@k, a near-perfect set, reachable out-of-domain splits). "
-                  f"Re-measure with `python -m dphrl_mini.tiny --measure {out.name}`.", "",
-                  figures_table(results)]
-    return "\n".join(lines) + "\n"
 
 
 BUILT_IN = {
@@ -622,30 +102,6 @@ RETIRED = {"tiny-muon": None, "tiny-rft": "55326b2", "tiny-rft2": "55326b2", "ti
 live in git history (``dphrl_mini/assets/NAME`` at the commit given)."""
 
 
-def build_tiny_model(out_dir: str | Path, steps: int = TinyConfig.steps, seed: int = 0,
-                     evaluate: bool = False, **overrides) -> Path:
-    """Train the tiny model and save model, tokenizer and a README into ``out_dir``; returns it.
-
-    ``overrides`` set any other ``TinyConfig`` field. ``evaluate=True`` also measures Pass@1,
-    Pass@64 and distinct correct solutions on the test, ood and shift splits and writes them to the README.
-    """
-    cfg = TinyConfig(steps=steps, seed=seed, **overrides)
-    torch.set_num_threads(cfg.num_threads)
-    start = time.time()
-    model, tokenizer = train_tiny(cfg)
-    seconds = time.time() - start
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out, safe_serialization=True)
-    save_tokenizer(tokenizer, out)
-    results = measure(model, tokenizer) if evaluate else None
-    if results:
-        logger.info("measured figures:\n%s", figures_table(results))
-    (out / "README.md").write_text(_readme(cfg, model.num_parameters(), seconds, results, out))
-    logger.info("tiny model saved to %s (%.1f min of training)", out, seconds / 60)
-    return out
-
-
 def tiny_model_path(name: str = "tiny") -> Path:
     """A built-in checkpoint (``BUILT_IN``); if it is missing from the package, build one into a
     cache dir (slow, once)."""
@@ -655,41 +111,8 @@ def tiny_model_path(name: str = "tiny") -> Path:
         return ASSET_ROOT / name
     cache = Path(os.environ.get("DPHRL_CACHE", Path.home() / ".cache" / "dphrl_mini")) / name
     if not (cache / "model.safetensors").exists():
-        logger.warning("%s checkpoint missing from the package; building it into %s (~30 min)", name, cache)
+        logger.warning("%s checkpoint missing from the package; building it into %s (~15 min)", name, cache)
+        from .tiny_build import build_tiny_model  # the recipe, only when the weights are missing
+
         build_tiny_model(cache, **BUILT_IN[name]())
     return cache
-
-
-def _field_type(f) -> type:
-    """The Python type of a ``TinyConfig`` field (annotations are strings: ``"int | None"``)."""
-    return {"int": int, "float": float, "str": str, "bool": bool}[str(f.type).split("|")[0].strip()]
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=str(ASSET_DIR), help="output directory (default: %(default)s)")
-    parser.add_argument("--no-eval", action="store_true", help="skip the Pass@k measurement")
-    parser.add_argument("--measure", metavar="MODEL", nargs="?", const="tiny", default=None,
-                        help=f"only measure a checkpoint (one of {', '.join(BUILT_IN)} or a folder; default: tiny) "
-                             "and print its figures")
-    for f in fields(TinyConfig):  # every build setting, with the TinyConfig default
-        flag = "--" + f.name.replace("_", "-")
-        if _field_type(f) is bool:
-            parser.add_argument(flag, action="store_true", help=f"set TinyConfig.{f.name}")
-        else:
-            parser.add_argument(flag, type=_field_type(f), default=f.default,
-                                help=f"TinyConfig.{f.name} (default: %(default)s)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    if args.measure is not None:
-        from transformers import AutoTokenizer
-
-        path = tiny_model_path(args.measure) if args.measure in BUILT_IN else args.measure
-        model = LlamaForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-        print(figures_table(measure(model, AutoTokenizer.from_pretrained(path), progress=True)))
-        return
-    build_tiny_model(args.out, evaluate=not args.no_eval, **{f.name: getattr(args, f.name) for f in fields(TinyConfig)})
-
-
-if __name__ == "__main__":
-    main()

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
 from transformers import AutoTokenizer, LlamaForCausalLM
 
 from dphrl_mini.models import count_parameters, load_policy, model_fingerprint, reference_mode
-from dphrl_mini.tiny import TinyConfig, build_tokenizer, tiny_model_config
+from dphrl_mini.tiny import build_tokenizer, tiny_model_config
+from dphrl_mini.tiny_build import TinyConfig
 
 HAS_BNB = importlib.util.find_spec("bitsandbytes") is not None
 
@@ -162,6 +167,18 @@ def test_tiny_name_resolves_to_the_builtin_model(batch):
     out = model.generate(**tokenizer(["3 5 7 -> 22:"], return_tensors="pt"), max_new_tokens=8,
                          do_sample=False, pad_token_id=tokenizer.pad_token_id)
     assert out.shape[1] > 5
+
+
+def test_loading_the_built_in_model_never_imports_its_build():
+    """A run loads ``tiny`` through tiny.py alone: the recipe (tiny_build.py) and its measurement
+    (tiny_measure.py) stay out of ``sys.modules``, for ``load_policy`` and for the trainer's import."""
+    code = ("import sys; from dphrl_mini.models import load_policy; import dphrl_mini.trainer; "
+            "load_policy('tiny', device='cpu'); "
+            "print(sorted(m for m in sys.modules if m.startswith('dphrl_mini.tiny')))")
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
+    assert out.strip().splitlines()[-1] == "['dphrl_mini.tiny']"
 
 
 def test_target_modules_as_the_command_line_gives_them(tiny_dir):

@@ -29,13 +29,12 @@ target; a completion is a bare expression such as ``3*5+7``.
   ranges, but targets reached by only 1 to ``MIN_SOLUTIONS - 1`` distinct expressions, a kind of
   problem no RL prompt is. These sparse problems are split by a fixed hash into "ood" and a half held
   apart for a warm start (``ood_pretrain_rows``, never RL or evaluation prompts), as the papers' base
-  models saw their out-of-domain tasks' kind in pretraining and never in RL; of the committed models
-  only ``tiny-rft3`` has seen the held-apart half. (Numbers outside 1..20 are no fair shift for the built-in
+  models saw their out-of-domain tasks' kind in pretraining and never in RL; the built-in ``tiny``
+  has seen the held-apart half. (Numbers outside 1..20 are no fair shift for the built-in
   character-level model: nothing it was trained on teaches it to use them, so every method scores 0.)
   "shift" (a shift in the prompt's form): "test" problems, drawn as "test" is (the same problems
   when as many are asked for), with their numbers written largest first (``"7 5 3 -> 22:"``), an
-  order no training prompt has. Every committed model reaches it; all but ``tiny-rft3`` miss "ood"
-  (``results/README.md``).
+  order no training prompt has. The built-in ``tiny`` reaches both (``dphrl_mini/assets/README.md``).
   ``wide_rows`` (not a split: a warm start's extra data, never RL or evaluation prompts) draws problems
   with targets 101-400, whose solutions show the forms most "ood" problems need.
 """

@@ -14,7 +14,7 @@ equivalent queries (``'Paris'=city``, ``city IN ('Paris')``, aliases, ``COUNT(*)
   question (disjoint whatever the seed); "ood" is half of the hospital schema's questions, which RL
   never trains on; the other half is held apart by a fixed hash for a warm start
   (``ood_pretrain_rows``), as the papers' base models saw their out-of-domain SQL and math in
-  pretraining (of the committed models only ``tiny-rft3`` has seen the schema). "shift" (a shift in
+  pretraining (the built-in ``tiny`` has seen that half). "shift" (a shift in
   the prompt's form) is the "test" draw (the same problems when as many are asked for) with each
   question reworded in words no training prompt uses (``reword``: "customers where age above 30"
   for "customers with age over 30"); its gold query is unchanged.
