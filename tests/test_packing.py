@@ -49,7 +49,9 @@ def _assert_same(got, expected):
     torch.testing.assert_close(got[1], expected[1], atol=1e-5, rtol=0)
     assert got[2].keys() == expected[2].keys() and len(expected[2]) > 0
     for name in expected[2]:
-        torch.testing.assert_close(got[2][name], expected[2][name], atol=1e-5, rtol=1e-4)
+        # float32 sums in another order (packed vs padded rows): a few LoRA gradients of the built-in
+        # model differ by up to ~2e-5; a wrong mask or position moves them by orders of magnitude more
+        torch.testing.assert_close(got[2][name], expected[2][name], atol=5e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("pack_factor", [4.0, 0.1])  # 0.1: every completion in its own row, prompt repeated
