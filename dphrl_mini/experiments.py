@@ -222,8 +222,7 @@ def compare(base_config: TrainConfig, variants: dict[str, dict[str, Any]], seeds
     splits = resolve_splits(base_config, splits)
     rows: list[dict[str, Any]] = []
     seeds = list(seeds)
-    variant_seeds = {name: overrides.pop("seeds", seeds) for name, overrides in
-                     ((name, dict(overrides)) for name, overrides in variants.items())}
+    variant_seeds = {name: list(overrides.get("seeds", seeds)) for name, overrides in variants.items()}
     variants = {name: {k: v for k, v in overrides.items() if k != "seeds"} for name, overrides in variants.items()}
     for name, overrides in variants.items():  # every variant is checked before the first run starts
         for seed in variant_seeds[name]:
