@@ -25,6 +25,11 @@ from .trainer import Trainer
 from .validation import split_problem
 
 HEADLINE = ("greedy", "pass@1", "pass@8", "pass@64", "distinct_correct")
+BASE_RECORD = "base.yaml"
+BASE_FIELDS = ("model", "quantization", "dtype", "chat_template", "task", "task_source", "dataset", "reward",
+               "reward_weights", "correct_threshold", "max_new_tokens", "temperature", "top_p", "data_seed")
+"""The settings a base model's evaluation depends on: ``evaluate_base`` stores them in ``BASE_RECORD`` beside
+the eval files, and ``compare`` reuses that folder only for the same settings."""
 
 
 def save_eval(result: EvalResult, path: str | Path) -> None:
@@ -70,6 +75,8 @@ def evaluate_base(config: TrainConfig, splits: Iterable[str] | None = None) -> d
     splits = resolve_splits(config, splits)
     trainer = Trainer(config)
     out = make_folder(config.output_dir)
+    settings = config.to_dict()
+    atomic_write_text(out / BASE_RECORD, yaml.safe_dump({k: settings[k] for k in BASE_FIELDS}, sort_keys=False))
     results = {}
     for split in splits:
         if trainer.eval_rows(split):
@@ -214,8 +221,8 @@ def compare(base_config: TrainConfig, variants: dict[str, dict[str, Any]], seeds
     seconds; a finished run (its last checkpoint kept) that lacks a split, e.g. "transfer" asked for
     later, is evaluated on that split alone. A stored run whose ``config.yaml`` differs from the
     requested one is an error, not reused; so is an evaluation whose prompts are not those its split
-    draws now (built-in tasks: the stored prompt ids); base-model folders (no config) are checked by
-    task, ``eval_n`` and prompts only. Without ``reuse``, every run starts afresh (``overwrite``). Every
+    draws now (built-in tasks: the stored prompt ids); base-model folders are checked by the settings in
+    their ``BASE_RECORD`` (model, data and sampling), task, ``eval_n`` and prompts. Without ``reuse``, every run starts afresh (``overwrite``). Every
     variant is validated (``variant_config``) before the first run starts.
     """
     out_dir, ks = Path(out_dir), base_config.eval_ks
@@ -285,6 +292,9 @@ def _stored(run_dir: Path, config: TrainConfig, splits: Iterable[str]) -> list[s
         ignored = set(_IRRELEVANT) | {f for s, fields in _SPLIT_FIELDS.items() if s not in present for f in fields}
         ignored |= {f for fields in _SPLIT_FIELDS.values() for f in fields if f not in raw}  # saved before they existed
         diff = {k: (stored[k], wanted[k]) for k in wanted if k not in ignored and stored[k] != wanted[k]}
+    elif (record := run_dir / BASE_RECORD).exists():  # a base-model folder: the model and sampling it used
+        stored, wanted = yaml.safe_load(record.read_text()) or {}, config.to_dict()
+        diff = {k: (v, wanted[k]) for k, v in stored.items() if k in wanted and v != wanted[k]}
     expected = _expected_evals(config)
     for s in present:  # every evaluation records its verifier, samples and prompts
         data = json.loads((run_dir / f"eval_{s}.json").read_text())

@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from dphrl_mini.config import preset_config
 from dphrl_mini.data import PresampleResult, ReferenceStore
@@ -209,6 +210,10 @@ def test_cli_end_to_end(tmp_path, capsys):
     assert (out / "grpo" / "seed0" / "eval_test.json").stat().st_mtime_ns == stored
     with pytest.raises(SystemExit, match="other settings.*lr"):  # stale results are never reused silently
         main(["compare", *common[:-1], "3e-3", "--variants", "grpo", "--out", str(out), "--splits", "test"])
+    assert yaml.safe_load((out / "base" / "seed0" / "base.yaml").read_text())["model"] == "tiny"
+    with pytest.raises(SystemExit, match="base.*other settings.*max_new_tokens"):  # nor a base model's
+        main(["compare", *common, "--max-new-tokens", "6", "--variants", "grpo", "--out", str(out),
+              "--splits", "test"])
     with pytest.raises(SystemExit, match="other settings.*eval_n"):
         main(["compare", *common, "--eval-n", "4", "--eval-ks", "1", "--variants", "grpo",
               "--out", str(out), "--splits", "test"])
