@@ -181,7 +181,7 @@ def _save_compare_report(rows: list[dict], out: Path, splits: list[str], k: int)
     import matplotlib
 
     matplotlib.use("Agg")
-    from .experiments import format_table
+    from .experiments import format_table, headline_table
     from .plots import (load_results, mean_update_share, plot_pareto, plot_pass_at_k_curves, plot_share_sweep,
                         sweep_family)
 
@@ -189,6 +189,8 @@ def _save_compare_report(rows: list[dict], out: Path, splits: list[str], k: int)
     swept = len({sweep_family(m) for m in methods}) < len(methods)  # a method ran at several coefficients
     command = "dphrl-mini " + " ".join(sys.argv[1:])
     report = [f"Regenerate with:\n\n    {command}\n", REPRODUCIBILITY]
+    if splits:
+        report.append(f"## headline: {splits[0]}, mean ± 95% interval\n\n{headline_table(rows, out, k, splits[0])}\n")
     for split in splits:
         table = format_table(rows, split)
         print(f"\n{split}:\n{table}")

@@ -404,3 +404,30 @@ def format_table(rows: list[dict[str, Any]], split: str = "test", columns: Itera
             cells.append(f"{scale * r[c]:.1f}" + (f" ± {scale * std:.1f}" if r.get("seeds", 1) > 1 else ""))
         lines.append(f"| {display_name(r['method'])} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def headline_table(rows: list[dict[str, Any]], out_dir: str | Path, k: int = 64, split: str = "test",
+                   ood: str = "ood") -> str:
+    """The README's table: per method, its seeds, Pass@1, Pass@k and distinct correct solutions on ``split``,
+    Pass@k on ``ood`` (when evaluated), each as mean ± the 95% interval over seeds (``interval_95``), and the
+    regularizer's mean share of the update (``plots.mean_update_share``, in %; "–" when none is logged)."""
+    from .plots import mean_update_share
+
+    aggregated = {(r["method"], r["split"]): r for r in aggregate_rows(rows)}
+    columns = [(split, "pass@1", 100), (split, f"pass@{k}", 100), (split, "distinct_correct", 1)]
+    has_ood = any(s == ood for _, s in aggregated)
+    columns += [(ood, f"pass@{k}", 100)] if has_ood else []
+    header = ["method", "seeds", "Pass@1", f"Pass@{k}", "distinct correct", *([f"{ood} Pass@{k}"] if has_ood else []),
+              "share of the update"]
+    lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    for method in dict.fromkeys(r["method"] for r in rows if r["split"] == split):
+        cells = [display_name(method), str(aggregated[(method, split)]["seeds"])]
+        for s, key, scale in columns:
+            r = aggregated.get((method, s))
+            cells.append("n/a" if r is None or key not in r else
+                         f"{scale * r[key]:.1f} ± {scale * interval_95(r[f'{key}_std'], r['seeds']):.1f}")
+        seeds = sorted({r["seed"] for r in rows if r["method"] == method and r["split"] == split})
+        shares = [v for s in seeds if (v := mean_update_share(Path(out_dir) / method / f"seed{s}")) is not None]
+        cells.append(f"{100 * np.mean(shares):.2f}" if shares else "–")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
