@@ -1,4 +1,4 @@
-"""Will a built-in model's build fit the 30-minute, 2-core budget on this CPU? Times its parts, projects the build.
+"""Will a built-in model's build fit the 20-minute, 2-core budget on this CPU? Times its parts, projects the build.
 
     python benchmarks/bench_tiny_build.py [--model tiny] [--steps 200] [--problems 300] [--json]
 
@@ -15,7 +15,7 @@ recipe's thread count, the three things a build is made of and projects the whol
   warm-start pairs when too few are correct).
 
 Reported: seconds per step and per problem (means over the timed steps and problems), the seconds to
-build the warm-start data, and the projected minutes, warm start + rounds, against the 30-minute budget.
+build the warm-start data, and the projected minutes, warm start + rounds, against the 20-minute budget.
 Model loading, saving and start-up (seconds) are not counted.
 """
 
@@ -37,7 +37,7 @@ from dphrl_mini import tiny, tiny_build, tiny_measure  # noqa: E402
 from dphrl_mini.evaluate import evaluate  # noqa: E402
 from dphrl_mini.tasks import countdown, sql  # noqa: E402
 
-BUDGET_MINUTES = 30.0
+BUDGET_MINUTES = 20.0
 
 
 def _step_seconds(model, tokenizer, pairs, cfg: tiny_build.TinyConfig, steps: int, lr: float,
