@@ -194,8 +194,9 @@ class TrainConfig:
     eval_fraction: float = 0.1
     """Share of ``dataset``'s distinct prompts held out for evaluation when ``eval_dataset`` is None."""
     reward: list[str] | None = None
-    """Reward functions "MODULE:FUNCTION" (module name or path to a .py file), TRL's signature
-    ``f(prompts, completions, **kwargs) -> list[float | None]``; None = the task's own reward."""
+    """Reward functions "MODULE:FUNCTION" (module name or path to a .py file), called by keyword as TRL
+    calls them: ``f(completions=..., prompts=..., <each column>=..., **kwargs) -> list[float | None]``;
+    None = the task's own reward."""
     reward_weights: list[float] | None = None
     """One weight per ``reward`` function (default 1 each); the total reward is the weighted sum."""
     correct_threshold: float = 1.0
