@@ -222,8 +222,9 @@ def compare(base_config: TrainConfig, variants: dict[str, dict[str, Any]], seeds
     later, is evaluated on that split alone. A stored run whose ``config.yaml`` differs from the
     requested one is an error, not reused; so is an evaluation whose prompts are not those its split
     draws now (built-in tasks: the stored prompt ids); base-model folders are checked by the settings in
-    their ``BASE_RECORD`` (model, data and sampling), task, ``eval_n`` and prompts. Without ``reuse``, every run starts afresh (``overwrite``). Every
-    variant is validated (``variant_config``) before the first run starts.
+    their ``BASE_RECORD`` (model, data and sampling), task, ``eval_n`` and prompts. Without ``reuse``,
+    every run starts afresh (``overwrite``). Every variant is validated (``variant_config``) before the
+    first run starts.
     """
     out_dir, ks = Path(out_dir), base_config.eval_ks
     splits = resolve_splits(base_config, splits)
