@@ -386,10 +386,9 @@ def interval_95(std: float, seeds: int) -> float:
     return _T_975.get(seeds - 1, 1.96) * std / np.sqrt(seeds) if seeds > 1 else 0.0
 
 
-def format_table(rows: list[dict[str, Any]], split: str = "test", columns: Iterable[str] = HEADLINE,
-                 interval: str = "std") -> str:
-    """A Markdown table (mean ± std over seeds, or ± the 95% interval with ``interval="ci95"``) of the
-    aggregated rows for one split, one row per variant under its display name (``style.display_name``)."""
+def format_table(rows: list[dict[str, Any]], split: str = "test", columns: Iterable[str] = HEADLINE) -> str:
+    """A Markdown table (mean ± std over seeds) of the aggregated rows for one split, one row per variant
+    under its display name (``style.display_name``); ``headline_table`` gives the 95% intervals."""
     table = [r for r in (aggregate_rows(rows) if rows and "seed" in rows[0] else rows) if r["split"] == split]
     columns = [c for c in columns if table and c in table[0]] + (["kept_frac"] if table and "kept_frac" in table[0] else [])
     lines = ["| method | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
@@ -398,7 +397,6 @@ def format_table(rows: list[dict[str, Any]], split: str = "test", columns: Itera
         for c in columns:
             scale = 1 if c == "distinct_correct" else 100
             std = r.get(f"{c}_std", 0.0)
-            std = interval_95(std, r.get("seeds", 1)) if interval == "ci95" else std
             if np.isnan(r[c]):  # e.g. kept_frac when the base model solved no prompt of the split
                 cells.append("n/a")
                 continue
